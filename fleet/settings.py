@@ -1,0 +1,136 @@
+"""Typed settings for every agent-fleet process, read from ``FLEET_*`` environment variables.
+
+``FleetSettings.load()`` is the one entry point: it reads the environment (and keyword
+overrides), and turns any invalid value into a :class:`~fleet.errors.ConfigError` that names
+the environment variable and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleet.errors import ConfigError
+
+ENV_PREFIX = "FLEET_"
+FallbackMode = Literal["local", "fail_open", "fail_closed"]
+
+
+def default_worker_id() -> str:
+    """``hostname:pid``: names the process that caused a breaker transition or ran a job."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _check_redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            f"{value!r} is not a Redis URL; "
+            "use redis://HOST:PORT/DB (e.g. redis://127.0.0.1:6379/0)"
+        )
+    return value
+
+
+class FleetSettings(BaseSettings):
+    """Settings shared by apps, workers, the CLI and the breaker.
+
+    Every field reads ``FLEET_<FIELD>`` (upper case), e.g. ``FLEET_REDIS_URL``.
+    Units are in the names: ``_s`` seconds, ``_ms`` milliseconds.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
+    )
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for breaker state, job records, presets and escalations.",
+    )
+    broker_url: str | None = Field(
+        None, description="Celery broker URL; defaults to redis_url (same server)."
+    )
+    namespace: str = Field(
+        "fleet",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of every Redis key and stream (letters, digits, _ . -).",
+    )
+    registry_path: Path | None = Field(
+        None, description="TOML model registry; defaults to the shipped fleet/data/registry.toml."
+    )
+    socket_timeout_s: float = Field(
+        0.25, gt=0, le=30, description="Redis read/write timeout for breaker and state calls."
+    )
+    socket_connect_timeout_s: float = Field(0.25, gt=0, le=30, description="Redis connect timeout.")
+    breaker_fallback: FallbackMode = Field(
+        "local",
+        description="Breaker mode when Redis is unreachable: local | fail_open | fail_closed.",
+    )
+    events_maxlen: int = Field(
+        10_000, ge=100, description="Approximate MAXLEN of the breaker/audit event stream."
+    )
+    preset_cache_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Seconds a process routes on a cached preset before re-checking it.",
+    )
+    sentry_dsn: str | None = Field(None, description="Sentry DSN; Sentry is off when unset.")
+    worker_id: str = Field(default_factory=default_worker_id)
+    visibility_timeout_s: int = Field(
+        3600, ge=60, description="Redis broker visibility timeout; larger than any job + countdown."
+    )
+    job_soft_time_limit_s: int = Field(600, ge=1, description="Celery soft time limit per job.")
+    job_time_limit_s: int = Field(660, ge=1, description="Celery hard time limit per job.")
+    max_redeliveries: int = Field(
+        3, ge=0, le=100, description="Deliveries of one job before it is escalated, not retried."
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _check_redis_url(value)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_redis_url(value)
+
+    @model_validator(mode="after")
+    def _limits(self) -> FleetSettings:
+        if not self.job_soft_time_limit_s < self.job_time_limit_s < self.visibility_timeout_s:
+            raise ValueError(
+                "need job_soft_time_limit_s < job_time_limit_s < visibility_timeout_s "
+                f"(got {self.job_soft_time_limit_s} < {self.job_time_limit_s} < "
+                f"{self.visibility_timeout_s}); "
+                "raise FLEET_VISIBILITY_TIMEOUT_S or lower the limits"
+            )
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The Celery broker URL: ``broker_url`` or, when unset, ``redis_url``."""
+        return self.broker_url or self.redis_url
+
+    def key(self, *parts: str) -> str:
+        """A Redis key in this namespace: ``key("jobs", id)`` -> ``fleet:jobs:<id>``."""
+        return ":".join((self.namespace, *parts))
+
+    @classmethod
+    def load(cls, **overrides: Any) -> FleetSettings:
+        """Read settings from the environment plus ``overrides``.
+
+        Raises :class:`ConfigError` naming each invalid ``FLEET_*`` variable and the fix.
+        """
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                loc = [str(p) for p in err["loc"]]
+                var = ENV_PREFIX + loc[0].upper() if loc else "FLEET_* (settings)"
+                problems.append(f"{var}: {err['msg']}")
+            raise ConfigError("invalid agent-fleet settings", problems) from exc
