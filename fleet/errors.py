@@ -18,6 +18,8 @@ them. The tree::
     ├── RetryLater                  control flow: come back after ``delay_s``
     ├── SubmitError                 a job was refused at submit; nothing was queued
     ├── JobNotFound                 no job record with that id
+    ├── JobFailed                   a job ended failed, escalated or cancelled (JobHandle.result)
+    ├── JobPending                  a job has not reached a terminal state yet
     ├── EscalationNotFound          no escalation entry with that id
     ├── StateUnavailable            Redis (job/preset state) did not answer
     └── ProviderError               one provider request failed (status, class, Retry-After)
@@ -127,6 +129,20 @@ class SubmitError(FleetError):
 
 class JobNotFound(FleetError):
     """No job record exists with that id."""
+
+
+class JobFailed(FleetError):
+    """A job ended ``failed``, ``escalated`` or ``cancelled``; ``error`` says why."""
+
+    def __init__(self, job_id: str, state: str, error: str | None) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.error = error
+        super().__init__(f"job {job_id} ended {state}: {error or 'no error recorded'}")
+
+
+class JobPending(FleetError):
+    """A job has not reached a terminal state yet; wait for it (``JobHandle.wait``)."""
 
 
 class EscalationNotFound(FleetError):

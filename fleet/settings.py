@@ -85,6 +85,10 @@ class FleetSettings(BaseSettings):
     )
     job_soft_time_limit_s: int = Field(600, ge=1, description="Celery soft time limit per job.")
     job_time_limit_s: int = Field(660, ge=1, description="Celery hard time limit per job.")
+    agent_modules: str = Field(
+        "workers.agents",
+        description="Comma-separated modules whose @agent functions workers and submit() load.",
+    )
     max_redeliveries: int = Field(
         3, ge=0, le=100, description="Deliveries of one job before it is escalated, not retried."
     )
