@@ -21,6 +21,7 @@ them. The tree::
     ├── JobFailed                   a job ended failed, escalated or cancelled (JobHandle.result)
     ├── JobPending                  a job has not reached a terminal state yet
     ├── EscalationNotFound          no escalation entry with that id
+    ├── EscalationConflict          the entry's status forbids the operation (e.g. requeue resolved)
     ├── StateUnavailable            Redis (job/preset state) did not answer
     └── ProviderError               one provider request failed (status, class, Retry-After)
 
@@ -147,6 +148,10 @@ class JobPending(FleetError):
 
 class EscalationNotFound(FleetError):
     """No escalation entry exists with that id."""
+
+
+class EscalationConflict(FleetError):
+    """The escalation entry's status forbids the operation (e.g. requeue a resolved entry)."""
 
 
 class StateUnavailable(FleetError):
