@@ -1,0 +1,477 @@
+"""FleetBreaker: the fleet-wide circuit breaker a worker consults around every provider call.
+
+``acquire(scopes)`` asks the shared store (one Redis round trip, all scopes at once) and
+returns a :class:`Permit` or a :class:`Rejection`; ``record(permit, outcome)`` reports how the
+call went; ``protect(scopes)`` wraps both around a ``with`` block.
+
+Round trips: a successful ALLOW call waits on the acquire only. Its SUCCESS record goes to a
+bounded queue drained by one background sender thread per breaker (never dropped: when the
+queue is full the caller records synchronously; ``close()`` and interpreter exit flush it).
+Failures, and every outcome of a half-open probe, are recorded synchronously, so a failing
+call costs two round trips and a probe result is never delayed.
+
+Transitions the store returns are announced exactly once, by this process: one event in the
+stream (:mod:`breaker_service.events`), one structured log line, and the listeners'
+``on_transition``.
+
+Redis unavailable: store calls go through a :class:`~breaker_service.guard.StoreGuard`. While
+the store does not answer, ``fallback`` decides: ``local`` uses a per-process
+:class:`~breaker_service.store.memory.MemoryStore` with the same policies (decision
+``degraded``), ``fail_open`` allows (decision ``bypass``), ``fail_closed`` rejects (reason
+``store_unavailable``). Records that cannot reach Redis go to the local store. Entering and
+leaving that mode is logged and told to listeners; rejoining appends a ``store_recovered``
+event. No RedisError or StoreUnavailable ever leaves ``acquire``, ``record`` or ``protect``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import redis
+
+from breaker_service.errors import BreakerOpen, StoreUnavailable
+from breaker_service.events import BreakerEvent, EventLog
+from breaker_service.guard import StoreGuard
+from breaker_service.listeners import BreakerListener, TransitionSource
+from breaker_service.outcomes import Outcome, OutcomeClass
+from breaker_service.policy import BreakerPolicy
+from breaker_service.scope import Scope
+from breaker_service.store.base import AcquireResult, BreakerStore, ScopeGrant, ScopeSnapshot
+from breaker_service.store.memory import MemoryStore
+
+if TYPE_CHECKING:
+    from breaker_service.store.base import Transition
+    from fleet.settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+Decision = Literal["allow", "probe", "degraded", "bypass"]
+Fallback = Literal["local", "fail_open", "fail_closed"]
+GrantPairs = list[tuple[ScopeGrant, BreakerPolicy]]
+
+
+@dataclass(frozen=True)
+class Permit:
+    """Permission to make one call; hand it back to :meth:`FleetBreaker.record`.
+
+    ``decision``: ``allow`` (shared store, closed), ``probe`` (this call holds a half-open
+    probe lease: record it promptly), ``degraded`` (decided by the local fallback store while
+    Redis is unavailable), ``bypass`` (Redis unavailable and ``fallback="fail_open"``).
+    """
+
+    grants: tuple[ScopeGrant, ...]
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The call must not be made. Come back after ``retry_after_s`` seconds.
+
+    ``reason``: ``open``, ``half_open_full``, ``forced_open``, ``credential`` or
+    ``store_unavailable`` (Redis unavailable and ``fallback="fail_closed"``).
+    """
+
+    scope: str
+    reason: str
+    retry_after_s: float
+
+
+class _RecordSender:
+    """One background thread that sends queued records (bounded queue, flushed on close)."""
+
+    def __init__(self, send: Callable[[GrantPairs, Outcome], None], *, maxsize: int) -> None:
+        self._send = send
+        self._maxsize = maxsize
+        self._queue: deque[tuple[GrantPairs, Outcome]] = deque()
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def offer(self, pairs: GrantPairs, outcome: Outcome) -> bool:
+        """Queue a record; False when the queue is full or closed (record it yourself)."""
+        with self._cond:
+            if self._closed or len(self._queue) >= self._maxsize:
+                return False
+            self._queue.append((pairs, outcome))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="fleet-breaker-records", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+            return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+                self._busy = len(batch)
+            for pairs, outcome in batch:
+                try:
+                    self._send(pairs, outcome)
+                except Exception:
+                    log.exception("breaker background record failed outcome=%s", outcome.cls)
+            with self._cond:
+                self._busy = 0
+                self._cond.notify_all()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every queued record was sent; False if ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, timeout_s: float) -> bool:
+        """Flush, then stop the thread. Later offers return False."""
+        done = self.flush(timeout_s)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        return done
+
+    @property
+    def pending(self) -> int:
+        """Records queued or being sent."""
+        with self._cond:
+            return len(self._queue) + self._busy
+
+
+def _close_at_exit(ref: weakref.ref[FleetBreaker]) -> None:
+    breaker = ref()
+    if breaker is not None:
+        breaker.close()
+
+
+class FleetBreaker:
+    """The fleet-wide breaker of one process. Thread-safe; build one per process and share it.
+
+    ``policy_for`` maps each scope to its policy (registry defaults <- provider <- model).
+    ``worker_id`` names this process in events. ``events`` is where transitions are announced
+    (None: log and listeners only). ``local_store`` is the fallback store (default a new
+    MemoryStore). ``guard`` protects the Redis connection (default: 3 errors, 2 s pause).
+    """
+
+    def __init__(
+        self,
+        store: BreakerStore,
+        policy_for: Callable[[Scope], BreakerPolicy],
+        *,
+        fallback: Fallback = "local",
+        worker_id: str,
+        events: EventLog | None = None,
+        listeners: Sequence[BreakerListener] = (),
+        local_store: BreakerStore | None = None,
+        guard: StoreGuard | None = None,
+        queue_max: int = 1000,
+    ) -> None:
+        """Build a breaker on ``store``; see the class docstring for the arguments."""
+        if fallback not in ("local", "fail_open", "fail_closed"):
+            raise ValueError(
+                f"fallback={fallback!r} is invalid: use 'local', 'fail_open' or 'fail_closed' "
+                "(FLEET_BREAKER_FALLBACK)"
+            )
+        self._store = store
+        self._policy_for = policy_for
+        self.fallback: Fallback = fallback
+        self.worker_id = worker_id
+        self._events = events
+        self._listeners = tuple(listeners)
+        self._local = local_store if local_store is not None else MemoryStore()
+        self.guard = guard or StoreGuard(name=f"breaker-store:{worker_id}")
+        self._sender = _RecordSender(self._record_shared, maxsize=queue_max)
+        self._lock = threading.Lock()
+        self._degraded_since: float | None = None
+        self._rng = random.Random()
+        self._closed = False
+        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._atexit)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: FleetSettings,
+        client: redis.Redis,
+        policy_for: Callable[[Scope], BreakerPolicy],
+        listeners: Sequence[BreakerListener] = (),
+    ) -> FleetBreaker:
+        """A breaker on the Redis store of ``client`` with the events stream, fallback mode and
+        worker id from ``settings`` (``FLEET_NAMESPACE``, ``FLEET_BREAKER_FALLBACK``...)."""
+        from breaker_service.store.redis import RedisStore  # noqa: PLC0415 - not yet merged
+
+        return cls(
+            RedisStore(client, namespace=settings.namespace),
+            policy_for,
+            fallback=settings.breaker_fallback,
+            worker_id=settings.worker_id,
+            events=EventLog(client, namespace=settings.namespace, maxlen=settings.events_maxlen),
+            listeners=listeners,
+        )
+
+    # -- acquire -------------------------------------------------------------------------
+
+    def acquire(self, scopes: Sequence[Scope]) -> Permit | Rejection:
+        """Ask every scope at once; a Permit to call, or a Rejection saying when to retry.
+
+        Never raises RedisError/StoreUnavailable: while Redis is unavailable the fallback mode
+        decides. A bad ``scopes`` argument raises ValueError naming the fix.
+        """
+        if not scopes:
+            raise ValueError("acquire() needs at least one Scope, e.g. [Scope('sambanova')]")
+        pairs = [(scope, self._policy_for(scope)) for scope in scopes]
+        try:
+            result, transitions = self.guard.call(self._store.acquire, pairs)
+        except StoreUnavailable as exc:
+            return self._acquire_degraded(pairs, exc)
+        self._rejoined()
+        self._announce(transitions, source="shared")
+        return self._answer(result, shared=True)
+
+    def _acquire_degraded(
+        self, pairs: list[tuple[Scope, BreakerPolicy]], exc: StoreUnavailable
+    ) -> Permit | Rejection:
+        self._enter_degraded(exc)
+        if self.fallback == "fail_open":
+            return Permit(tuple(ScopeGrant(s, -1) for s, _ in pairs), "bypass")
+        if self.fallback == "fail_closed":
+            rejection = Rejection(str(pairs[0][0]), "store_unavailable", self.guard.retry_after_s())
+            self._notify("on_reject", rejection)
+            return rejection
+        result, transitions = self._local.acquire(pairs)
+        self._announce(transitions, source="local")
+        return self._answer(result, shared=False)
+
+    def _answer(self, result: AcquireResult, *, shared: bool) -> Permit | Rejection:
+        if result.allowed:
+            if not shared:
+                return Permit(result.grants, "degraded")
+            probe = any(g.probe_token is not None for g in result.grants)
+            return Permit(result.grants, "probe" if probe else "allow")
+        rejection = Rejection(
+            str(result.rejected_scope), result.reason or "open", result.retry_after_ms / 1000
+        )
+        self._notify("on_reject", rejection)
+        return rejection
+
+    # -- record --------------------------------------------------------------------------
+
+    def record(self, permit: Permit, outcome: Outcome) -> None:
+        """Report how the permitted call went. Never raises RedisError/StoreUnavailable.
+
+        A SUCCESS (or IGNORED) of an ``allow`` permit is sent in the background; probes and
+        failures are recorded before this returns.
+        """
+        pairs = [(g, self._policy_for(g.scope)) for g in permit.grants]
+        if permit.decision in ("degraded", "bypass"):
+            self._record_local(pairs, outcome, rebase=False)
+            return
+        background = permit.decision == "allow" and not outcome.cls.counts_as_failure
+        if background and not self._closed and self._sender.offer(pairs, outcome):
+            return
+        self._record_shared(pairs, outcome)
+
+    def _record_shared(self, pairs: GrantPairs, outcome: Outcome) -> None:
+        try:
+            transitions = self.guard.call(
+                self._store.record, pairs, outcome, jitter=self._rng.random()
+            )
+        except StoreUnavailable as exc:
+            self._enter_degraded(exc)
+            self._record_local(pairs, outcome, rebase=True)
+            return
+        self._rejoined()
+        self._announce(transitions, source="shared")
+
+    def _record_local(self, pairs: GrantPairs, outcome: Outcome, *, rebase: bool) -> None:
+        if rebase:
+            # A grant of the shared store means nothing to the local one: count it against
+            # the local scope's current generation, as a non-probe call.
+            pairs = [
+                (ScopeGrant(g.scope, self._local.snapshot(g.scope, p).generation), p)
+                for g, p in pairs
+            ]
+        transitions = self._local.record(pairs, outcome, jitter=self._rng.random())
+        self._announce(transitions, source="local")
+
+    # -- context manager -----------------------------------------------------------------
+
+    @contextmanager
+    def protect(self, scopes: Sequence[Scope]) -> Iterator[Permit]:
+        """``with breaker.protect(scopes) as permit:`` around one provider call.
+
+        Raises :class:`~breaker_service.errors.BreakerOpen` when a scope rejects. On normal
+        exit records SUCCESS with the measured latency; on an exception with an ``outcome``
+        attribute (e.g. :class:`fleet.errors.ProviderError`) records that class (and its
+        ``retry_after_s``/``status``); on any other Exception records FAILURE; on
+        BaseException (KeyboardInterrupt, SystemExit) records IGNORED, which frees a probe
+        lease without counting. The exception is re-raised.
+        """
+        decision = self.acquire(scopes)
+        if isinstance(decision, Rejection):
+            raise BreakerOpen(decision.scope, decision.reason, decision.retry_after_s)
+        started = time.monotonic()
+        try:
+            yield decision
+        except BaseException as exc:
+            self.record(decision, _outcome_of(exc, (time.monotonic() - started) * 1000))
+            raise
+        self.record(decision, Outcome(OutcomeClass.SUCCESS, (time.monotonic() - started) * 1000))
+
+    # -- reads and lifecycle -------------------------------------------------------------
+
+    def snapshot(self, scope: Scope) -> ScopeSnapshot:
+        """The shared state of ``scope``. Raises StoreUnavailable when Redis does not answer
+        (an operator read never shows a made-up "closed")."""
+        return self.guard.call(self._store.snapshot, scope, self._policy_for(scope))
+
+    def local_snapshot(self, scope: Scope) -> ScopeSnapshot:
+        """The state of ``scope`` in this process's fallback store."""
+        return self._local.snapshot(scope, self._policy_for(scope))
+
+    @property
+    def degraded(self) -> bool:
+        """True while this process decides without the shared store."""
+        return self._degraded_since is not None
+
+    @property
+    def pending_records(self) -> int:
+        """Background records not yet sent."""
+        return self._sender.pending
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until background records are sent; False if ``timeout_s`` passed first."""
+        return self._sender.flush(timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Send every pending record (up to ``timeout_s``) and stop the sender thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._sender.close(timeout_s):
+            log.error(
+                "breaker worker=%s closed with pending_records=%d after timeout_s=%s",
+                self.worker_id,
+                self._sender.pending,
+                timeout_s,
+            )
+        atexit.unregister(self._atexit)
+
+    # -- announcing ----------------------------------------------------------------------
+
+    def _announce(self, transitions: Sequence[Transition], *, source: TransitionSource) -> None:
+        for t in transitions:
+            log.info(
+                "breaker=%s transition from=%s to=%s trigger=%s threshold=%s value=%s "
+                "generation=%d worker=%s source=%s",
+                t.scope,
+                t.from_state,
+                t.to_state,
+                t.trigger,
+                t.threshold,
+                t.value,
+                t.generation,
+                self.worker_id,
+                source,
+            )
+            if source == "shared" and self._events is not None:
+                self._append(BreakerEvent.from_transition(t, worker=self.worker_id))
+            self._notify("on_transition", t, source=source)
+
+    def _append(self, event: BreakerEvent) -> None:
+        assert self._events is not None
+        try:
+            self._events.append(event)
+        except StoreUnavailable as exc:
+            log.error(
+                "breaker=%s event lost kind=%s to=%s worker=%s error=%s",
+                event.scope,
+                event.kind,
+                event.to_state,
+                self.worker_id,
+                exc,
+            )
+
+    def _notify(self, hook: str, *args: object, **kwargs: object) -> None:
+        for listener in self._listeners:
+            try:
+                getattr(listener, hook)(*args, **kwargs)
+            except Exception:
+                log.exception("breaker listener %r failed in %s", listener, hook)
+
+    def _enter_degraded(self, exc: StoreUnavailable) -> None:
+        with self._lock:
+            if self._degraded_since is not None:
+                return
+            self._degraded_since = time.monotonic()
+        log.warning(
+            "breaker store unavailable worker=%s fallback=%s guard_reset_s=%s error=%s",
+            self.worker_id,
+            self.fallback,
+            self.guard.reset_timeout_s,
+            exc,
+        )
+        self._notify("on_store_unavailable", exc, fallback=self.fallback)
+
+    def _rejoined(self) -> None:
+        if self._degraded_since is None:
+            return
+        with self._lock:
+            since, self._degraded_since = self._degraded_since, None
+        if since is None:
+            return
+        degraded_s = time.monotonic() - since
+        log.warning(
+            "breaker store recovered worker=%s fallback=%s degraded_s=%.3f: shared state rules",
+            self.worker_id,
+            self.fallback,
+            degraded_s,
+        )
+        if self._events is not None:
+            self._append(
+                BreakerEvent.store_recovered(
+                    worker=self.worker_id, degraded_s=degraded_s, fallback=self.fallback
+                )
+            )
+        self._notify("on_store_recovered", degraded_s=degraded_s)
+
+
+def _outcome_of(exc: BaseException, latency_ms: float) -> Outcome:
+    if not isinstance(exc, Exception):
+        return Outcome(OutcomeClass.IGNORED, latency_ms, detail=type(exc).__name__)
+    raw = getattr(exc, "outcome", None)
+    try:
+        cls = OutcomeClass(raw) if raw is not None else OutcomeClass.FAILURE
+    except ValueError:
+        cls = OutcomeClass.FAILURE
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    retry_after_ms = int(retry_after_s * 1000) if isinstance(retry_after_s, int | float) else None
+    status = getattr(exc, "status", None)
+    measured = getattr(exc, "latency_ms", 0.0)
+    return Outcome(
+        cls,
+        float(measured) if isinstance(measured, int | float) and measured > 0 else latency_ms,
+        retry_after_ms=retry_after_ms,
+        status=status if isinstance(status, int) else None,
+        detail=type(exc).__name__,
+    )
