@@ -169,7 +169,10 @@ def _models(
                 f"or use one of: {', '.join(sorted(providers)) or 'none'}",
             )
             continue
-        provider_policy = defaults.merged(providers[model.provider].breaker or None)
+        try:
+            provider_policy = defaults.merged(providers[model.provider].breaker)
+        except ValidationError:  # already reported under providers.NAME.breaker
+            provider_policy = defaults
         _policy(p, f"{path}.breaker", provider_policy, model.breaker)
         out[model.key] = model
     return out
