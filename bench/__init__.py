@@ -1,0 +1,1 @@
+"""Benchmarks: each measures agent-fleet and its baseline in the same run and prints ratios."""

@@ -1,0 +1,224 @@
+"""How hard a fleet hits a dead provider: requests it receives after it starts failing.
+
+    .venv/bin/python -m bench.outage_blast [--workers 1 4 8] [--threads 4] [--outage-s 6]
+
+W worker processes (each with T threads) call a simulated provider over HTTP on 127.0.0.1 at
+a fixed pace. At t0 the provider starts answering 503; for ``--outage-s`` seconds we count the
+requests it receives, fleet-wide, for each contender, all with the same trip threshold
+(5 consecutive failures) and a 1 s base open time:
+
+- agent-fleet: one FleetBreaker per process, shared state in Redis (provider + model scopes);
+- pybreaker per process (memory storage);
+- pybreaker with CircuitRedisStorage (state shared in Redis, per-call reads and writes);
+- no breaker.
+
+Every contender offers the same load (one attempt per thread every ``--pace-ms``; a rejected
+attempt costs a pace tick like a sent one). Prints counts and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from fleet.providers.simulated import SimControl, SimulatedProvider
+
+from bench._common import cpu_note, redis_server
+from fleet.testing.wait import free_port, wait_until
+
+CONTENDERS = ("agent-fleet", "pybreaker-memory", "pybreaker-redis", "no-breaker")
+FAIL_MAX = 5
+OPEN_S = 1.0
+
+
+def _attempt_fn(
+    kind: str, redis_url: str, provider_url: str, run_id: str
+) -> Callable[[httpx.Client], None]:
+    """Build, in the worker process, the function one thread calls per attempt."""
+
+    def send(http: httpx.Client) -> None:
+        response = http.post(
+            provider_url,
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        )
+        if response.status_code >= 500:
+            raise RuntimeError(f"HTTP {response.status_code}")
+
+    if kind == "no-breaker":
+
+        def call_plain(http: httpx.Client) -> None:
+            try:
+                send(http)
+            except RuntimeError:
+                pass
+
+        return call_plain
+    if kind.startswith("pybreaker"):
+        import pybreaker
+        import redis
+
+        storage = None
+        if kind == "pybreaker-redis":
+            storage = pybreaker.CircuitRedisStorage(
+                pybreaker.STATE_CLOSED, redis.Redis.from_url(redis_url), namespace=f"pb-{run_id}"
+            )
+        cb = pybreaker.CircuitBreaker(
+            fail_max=FAIL_MAX, reset_timeout=OPEN_S, state_storage=storage,
+            throw_new_error_on_trip=False,
+        )  # fmt: skip
+
+        def call_pybreaker(http: httpx.Client) -> None:
+            try:
+                cb.call(send, http)
+            except (RuntimeError, pybreaker.CircuitBreakerError):
+                pass
+
+        return call_pybreaker
+    return _fleet_attempt(redis_url, run_id, send)
+
+
+def _fleet_attempt(
+    redis_url: str, run_id: str, send: Callable[[httpx.Client], None]
+) -> Callable[[httpx.Client], None]:
+    import redis
+    from breaker_service.breaker import FleetBreaker, Rejection
+    from breaker_service.store.redis import RedisStore
+
+    from breaker_service.outcomes import Outcome, OutcomeClass
+    from breaker_service.policy import BreakerPolicy
+    from breaker_service.scope import Scope
+
+    policy = BreakerPolicy(
+        consecutive_failures=FAIL_MAX, failure_rate_threshold=0.5, minimum_calls=10,
+        open_base_ms=int(OPEN_S * 1000), probe_lease_ms=2_000, half_open_max_probes=1,
+        half_open_successes=2,
+    )  # fmt: skip
+    client = redis.Redis.from_url(redis_url, socket_timeout=0.5)
+    breaker = FleetBreaker(
+        RedisStore(client, namespace=f"blast-{run_id}"), lambda _s: policy, worker_id=run_id
+    )
+    scopes = [Scope("blast"), Scope("blast", "m")]
+
+    def call_fleet(http: httpx.Client) -> None:
+        permit = breaker.acquire(scopes)
+        if isinstance(permit, Rejection):
+            return
+        started = time.monotonic()
+        try:
+            send(http)
+        except RuntimeError:
+            breaker.record(
+                permit, Outcome(OutcomeClass.FAILURE, (time.monotonic() - started) * 1e3)
+            )
+        else:
+            breaker.record(
+                permit, Outcome(OutcomeClass.SUCCESS, (time.monotonic() - started) * 1e3)
+            )
+
+    return call_fleet
+
+
+def worker_main(
+    kind: str, redis_url: str, provider_url: str, run_id: str, threads: int, pace_s: float,
+    ready: Any, stop: Any,
+) -> None:  # fmt: skip
+    """One worker process: T threads attempting a call every ``pace_s`` until ``stop``."""
+    attempt = _attempt_fn(kind, redis_url, provider_url, run_id)
+
+    def loop() -> None:
+        with httpx.Client(timeout=httpx.Timeout(2.0, connect=0.5)) as http:
+            next_at = time.monotonic()
+            while not stop.is_set():
+                try:
+                    attempt(http)
+                except httpx.HTTPError:
+                    pass
+                next_at += pace_s
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    stop.wait(delay)
+                else:
+                    next_at = time.monotonic()
+
+    pool = [threading.Thread(target=loop, daemon=True) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    ready.release()
+    for t in pool:
+        t.join()
+
+
+def blast(kind: str, workers: int, threads: int, outage_s: float, pace_s: float,
+          redis_url: str, port: int) -> int:  # fmt: skip
+    """Run one contender at one fleet size; return requests received after t0."""
+    ctx = mp.get_context("spawn")
+    control = SimControl(port)
+    control.set_mode("healthy")
+    ready, stop = ctx.Semaphore(0), ctx.Event()
+    run_id = f"{kind}-{workers}-{time.time_ns()}"
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    procs = [
+        ctx.Process(
+            target=worker_main, args=(kind, redis_url, url, run_id, threads, pace_s, ready, stop)
+        )
+        for _ in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire(timeout=120)
+    time.sleep(0.5)  # healthy traffic first, so every contender starts closed and warm
+    control.set_mode("down")
+    control.reset_counts()
+    time.sleep(outage_s)
+    received = int(control.stats()["total"])
+    stop.set()
+    for p in procs:
+        p.join(timeout=30)
+    return received
+
+
+def main() -> None:
+    """Run every contender at every fleet size and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--outage-s", type=float, default=6.0)
+    parser.add_argument("--pace-ms", type=float, default=20.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    port = free_port()
+    results: dict[str, dict[int, int]] = {k: {} for k in CONTENDERS}
+    with redis_server() as redis_url, SimulatedProvider(port=port, name="blast"):
+        wait_until(lambda: SimControl(port).stats() is not None, message="sim provider")
+        for w in args.workers:
+            for kind in CONTENDERS:
+                results[kind][w] = blast(kind, w, args.threads, args.outage_s,
+                                         args.pace_ms / 1000, redis_url, port)  # fmt: skip
+                print(f"  {kind:18} W={w}: {results[kind][w]} requests after t0", flush=True)
+    print(
+        f"\noutage_blast: requests reaching a dead provider in {args.outage_s:.0f}s, "
+        f"threads/process={args.threads}, fail_max={FAIL_MAX}, open={OPEN_S}s ({cpu_note()})"
+    )
+    header = "".join(f"{'W=' + str(w):>9}" for w in args.workers)
+    print(f"{'contender':20}{header}")
+    for kind in CONTENDERS:
+        print(f"{kind:20}" + "".join(f"{results[kind][w]:9d}" for w in args.workers))
+    for w in args.workers:
+        ours = max(1, results["agent-fleet"][w])
+        ratios = ", ".join(
+            f"{kind} / agent-fleet = {results[kind][w] / ours:.1f}x" for kind in CONTENDERS[1:]
+        )
+        print(f"W={w}: {ratios}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
