@@ -23,7 +23,7 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.errors import ConfigError, EscalationConflict, EscalationNotFound, UnknownTaskType
+from fleet.errors import ConfigError, EscalationConflict, EscalationNotFound
 from fleet.escalation_store import STATUSES, EscalationStore, Fields, Status
 from fleet.settings import FleetSettings
 from fleet.types import Attempt
@@ -110,20 +110,20 @@ def _default_requeue(settings: FleetSettings) -> Requeue:
 
 
 def _registry_auto_replay(settings: FleetSettings) -> Callable[[str], bool]:
-    cache: dict[str, bool] = {}
+    """Read ``TaskProfile.auto_replay`` from the registry, loaded once on first use."""
+    loaded: list[Callable[[str], bool]] = []
 
     def enabled(task_type: str) -> bool:
-        if task_type not in cache:
-            from fleet.registry import load_registry  # noqa: PLC0415 - optional at import
+        if not loaded:
+            from fleet.registry import load_registry  # noqa: PLC0415
+            from fleet.replay import registry_auto_replay  # noqa: PLC0415 - replay imports us
 
             try:
-                cache[task_type] = bool(
-                    load_registry(settings.registry_path).task(task_type).auto_replay
-                )
-            except UnknownTaskType:
-                log.warning("auto-replay off: unknown task_type=%s", task_type)
-                cache[task_type] = False
-        return cache[task_type]
+                loaded.append(registry_auto_replay(load_registry(settings.registry_path)))
+            except ConfigError as exc:
+                log.error("auto-replay off: the registry did not load (%s)", exc)
+                loaded.append(lambda _task_type: False)
+        return loaded[0](task_type)
 
     return enabled
 
