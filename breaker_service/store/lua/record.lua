@@ -1,0 +1,182 @@
+--[[ record.lua: count one call's outcome against every scope it was granted, atomically.
+
+KEYS[i]   the hash of scope i (same keys, same order as the grants).
+ARGV[1]   jitter in [0, 1), drawn by the caller (Lua's PRNG is not random)
+ARGV[2]   outcome class: success | failure | rate_limited | credential | ignored
+ARGV[3]   latency_ms of the call (a call slower than slow_call_ms is slow)
+ARGV[4]   retry_after_ms from the provider (0 = none); a rate_limited trip opens at least this long
+ARGV      then 17 values per scope i, at ARGV[4 + (i-1)*17 + 1 .. 4 + (i-1)*17 + 17]:
+            1 generation of the grant  2 probe token ("" = not a probe)
+            3..17 the 15 policy numbers, in the order documented in acquire.lua
+Time      redis TIME (milliseconds), made monotonic per scope by the stored field ln.
+Returns   transitions: {scope_index, from, to, trigger, threshold, value, generation,
+          open_until_ms or -1, at_ms} per transition (threshold and value as strings).
+
+The window is a ring of `buckets` buckets in the same hash (fields b<i>c, b<i>f, b<i>s) with
+running totals C, F, S and the newest bucket index hd; expired buckets are subtracted when
+hd moves (O(1) amortised, constant memory). An outcome of an older generation only updates
+the window and the consecutive counter, never the state. ignored outcomes only free a probe
+lease. Every write is followed by PEXPIRE ttl_ms.
+]]
+
+local NPOL, HEAD = 17, 4
+local jitter = tonumber(ARGV[1])
+local cls = ARGV[2]
+local latency = tonumber(ARGV[3])
+local retry_after = tonumber(ARGV[4])
+local failed = (cls == 'failure' or cls == 'rate_limited' or cls == 'credential')
+
+local t = redis.call('TIME')
+local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function fmt(x) return string.format('%.17g', x) end
+
+-- HMGET gives false for a missing field
+local function opt(x) if x then return tonumber(x) end return nil end
+
+local function drop_slots(key, n)
+  if n == nil or n < 1 then return end
+  local f = {}
+  for i = 0, n - 1 do
+    f[#f + 1] = 'b' .. i .. 'c'; f[#f + 1] = 'b' .. i .. 'f'; f[#f + 1] = 'b' .. i .. 's'
+  end
+  redis.call('HDEL', key, unpack(f))
+end
+
+-- s: the scope's fields; moves the ring to `now`, clearing expired buckets
+local function advance(key, s, bucket_ms, n, now)
+  local idx = math.floor(now / bucket_ms)
+  if s.wb ~= bucket_ms or s.wn ~= n or s.hd == nil then
+    drop_slots(key, s.wn)
+    s.wb, s.wn, s.hd, s.C, s.F, s.S = bucket_ms, n, idx, 0, 0, 0
+    return
+  end
+  local gap = idx - s.hd
+  if gap >= n then
+    drop_slots(key, n)
+    s.C, s.F, s.S = 0, 0, 0
+  elseif gap > 0 then
+    for k = s.hd + 1, idx do
+      local slot = k % n
+      local b = redis.call('HMGET', key, 'b' .. slot .. 'c', 'b' .. slot .. 'f', 'b' .. slot .. 's')
+      if b[1] then
+        s.C = s.C - tonumber(b[1]); s.F = s.F - tonumber(b[2] or 0); s.S = s.S - tonumber(b[3] or 0)
+        redis.call('HDEL', key, 'b' .. slot .. 'c', 'b' .. slot .. 'f', 'b' .. slot .. 's')
+      end
+    end
+  end
+  if gap > 0 then s.hd = idx end
+end
+
+local function fresh_window(key, s)
+  drop_slots(key, s.wn)
+  s.C, s.F, s.S = 0, 0, 0
+end
+
+local function release_lease(s, token)
+  if token == '' or not s.ls then return end
+  local keep = {}
+  for tok, exp in string.gmatch(s.ls, '([^,:]+):([^,]+)') do
+    if tok ~= token then keep[#keep + 1] = tok .. ':' .. exp end
+  end
+  s.ls = table.concat(keep, ',')
+end
+
+-- moves s to state `to`; returns the transition row
+local function move(i, s, to, trigger, threshold, value, now)
+  local from = s.st
+  s.st, s.g, s.ls, s.ps = to, s.g + 1, '', 0
+  if to ~= 'open' then s.ou = nil end
+  return {i, from, to, trigger, fmt(threshold), fmt(value), s.g, s.ou or -1, now}
+end
+
+local function trip(i, key, s, pol, trigger, threshold, value, now)
+  if trigger == 'credential' then
+    s.ou, s.op = nil, 0
+  else
+    local backoff = math.floor(math.min(pol.cap, pol.base * pol.factor ^ s.tr))
+    local period = math.floor(backoff * (1 + pol.jr * jitter))
+    if cls == 'rate_limited' and retry_after > 0 then period = math.max(period, retry_after) end
+    s.op, s.ou = period, now + period
+  end
+  s.tr, s.oa, s.cf = s.tr + 1, now, 0
+  fresh_window(key, s)
+  return move(i, s, 'open', trigger, threshold, value, now)
+end
+
+local function closed_rule(s, pol)
+  if cls == 'credential' then return 'credential', 1, 1 end
+  if failed and s.cf >= pol.consecutive then return 'consecutive', pol.consecutive, s.cf end
+  if s.C >= pol.min_calls then
+    local rate = s.F / s.C
+    if failed and rate >= pol.fr then return 'failure_rate', pol.fr, rate end
+    local slow_rate = s.S / s.C
+    if s.S > 0 and slow_rate >= pol.sr then return 'slow_calls', pol.sr, slow_rate end
+  end
+  return nil
+end
+
+local function state_step(i, key, s, pol, token, now)
+  if s.st == 'closed' then
+    local trigger, threshold, value = closed_rule(s, pol)
+    if trigger then return trip(i, key, s, pol, trigger, threshold, value, now) end
+  elseif s.st == 'half_open' then
+    if failed then
+      if cls == 'credential' then return trip(i, key, s, pol, 'credential', 1, 1, now) end
+      return trip(i, key, s, pol, 'probe_failed', 1, 1, now)
+    elseif token ~= '' then
+      s.ps = s.ps + 1
+      if s.ps >= pol.successes then
+        local done = s.ps
+        s.tr, s.cf = 0, 0
+        fresh_window(key, s)
+        return move(i, s, 'closed', 'probes_succeeded', pol.successes, done, now)
+      end
+    end
+  end
+  return nil
+end
+
+local transitions = {}
+for i = 1, #KEYS do
+  local key, a = KEYS[i], HEAD + (i - 1) * NPOL
+  local gen, token = tonumber(ARGV[a + 1]), ARGV[a + 2]
+  local pol = {bucket_ms = tonumber(ARGV[a + 3]), n = tonumber(ARGV[a + 4]),
+               fr = tonumber(ARGV[a + 5]), min_calls = tonumber(ARGV[a + 6]),
+               slow_ms = tonumber(ARGV[a + 7]), sr = tonumber(ARGV[a + 8]),
+               consecutive = tonumber(ARGV[a + 9]), successes = tonumber(ARGV[a + 11]),
+               base = tonumber(ARGV[a + 13]), factor = tonumber(ARGV[a + 14]),
+               cap = tonumber(ARGV[a + 15]), jr = tonumber(ARGV[a + 16]),
+               ttl = tonumber(ARGV[a + 17])}
+  local v = redis.call('HMGET', key, 'st', 'g', 'ou', 'oa', 'op', 'tr', 'ln', 'cf', 'ps', 'ls',
+                       'wb', 'wn', 'hd', 'C', 'F', 'S')
+  local s = {st = v[1] or 'closed', g = tonumber(v[2] or 0), ou = opt(v[3]),
+             oa = tonumber(v[4] or 0), op = tonumber(v[5] or 0), tr = tonumber(v[6] or 0),
+             cf = tonumber(v[8] or 0), ps = tonumber(v[9] or 0), ls = v[10],
+             wb = opt(v[11]), wn = opt(v[12]),
+             hd = opt(v[13]), C = tonumber(v[14] or 0),
+             F = tonumber(v[15] or 0), S = tonumber(v[16] or 0)}
+  local now = math.max(clock, tonumber(v[7] or 0))
+  release_lease(s, token)
+  if cls ~= 'ignored' then
+    advance(key, s, pol.bucket_ms, pol.n, now)
+    local slot = s.hd % pol.n
+    local slow = latency > pol.slow_ms
+    redis.call('HINCRBY', key, 'b' .. slot .. 'c', 1)
+    s.C = s.C + 1
+    if failed then redis.call('HINCRBY', key, 'b' .. slot .. 'f', 1); s.F = s.F + 1 end
+    if slow then redis.call('HINCRBY', key, 'b' .. slot .. 's', 1); s.S = s.S + 1 end
+    if failed then s.cf = s.cf + 1 else s.cf = 0 end
+    if gen == s.g then
+      local tr = state_step(i, key, s, pol, token, now)
+      if tr then transitions[#transitions + 1] = tr end
+    end
+  end
+  redis.call('HSET', key, 'st', s.st, 'g', s.g, 'oa', s.oa, 'op', s.op, 'tr', s.tr, 'ln', now,
+             'cf', s.cf, 'ps', s.ps, 'ls', s.ls or '', 'wb', s.wb or pol.bucket_ms,
+             'wn', s.wn or pol.n, 'hd', s.hd or math.floor(now / pol.bucket_ms),
+             'C', s.C, 'F', s.F, 'S', s.S)
+  if s.ou then redis.call('HSET', key, 'ou', s.ou) else redis.call('HDEL', key, 'ou') end
+  redis.call('PEXPIRE', key, pol.ttl)
+end
+return transitions

@@ -1,0 +1,276 @@
+"""RedisStore: breaker state shared by the whole fleet, in Redis hashes moved by Lua scripts.
+
+One hash per scope, ``<ns>:cb:{<provider>}:p`` or ``<ns>:cb:{<provider>}:m:<model>``: the
+provider is the Cluster hash tag, so one call's keys share a slot. Fields:
+
+=======================  ===============================================================
+``st`` ``g``             state and generation
+``ou`` ``oa`` ``op``     open until / opened at (Redis ms) and the open period (ms)
+``tr``                   trips since the last close (drives the backoff)
+``ln``                   last Redis time seen: time never goes back for this scope
+``cf``                   consecutive failures
+``ps`` ``ls`` ``tk``     half-open probe successes, live leases ``tok:expiry,...`` (at most
+                         ``half_open_max_probes``; expired ones dropped on access), token counter
+``wb`` ``wn`` ``hd``     window bucket length, bucket count, index of the newest bucket
+``C`` ``F`` ``S``        running totals of calls, failures and slow calls in the window
+``b<i>c/f/s``            the ring: calls, failures, slow calls of bucket ``i``
+=======================  ===============================================================
+
+The field count is bounded by ``17 + 3 * buckets`` whatever the call rate. Each of
+:meth:`~RedisStore.acquire`, :meth:`~RedisStore.record`, :meth:`~RedisStore.control` is one
+script call (one round trip); :meth:`~RedisStore.snapshot` is one MULTI/EXEC of ``TIME`` and
+``HGETALL``. Every ``redis.RedisError`` becomes :class:`~breaker_service.errors.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any, cast
+
+import redis
+
+from breaker_service.errors import StoreUnavailable
+from breaker_service.outcomes import Outcome
+from breaker_service.policy import BreakerPolicy
+from breaker_service.scope import Scope
+from breaker_service.store.base import (
+    AcquireResult,
+    BreakerStore,
+    ControlAction,
+    ScopeGrant,
+    ScopeSnapshot,
+    State,
+    Transition,
+    Trigger,
+)
+
+log = logging.getLogger(__name__)
+
+_CONTROL_ACTIONS = ("force_open", "force_closed", "disable", "reset")
+
+
+def _lua(name: str) -> str:
+    return resources.files("breaker_service.store").joinpath("lua", name).read_text("utf-8")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def policy_argv(policy: BreakerPolicy) -> list[str]:
+    """The 15 policy numbers, in the order the Lua scripts read them (see acquire.lua)."""
+    numbers: list[float] = [
+        policy.bucket_ms,
+        policy.buckets,
+        policy.failure_rate_threshold,
+        policy.minimum_calls,
+        policy.slow_call_ms,
+        policy.slow_call_rate_threshold,
+        policy.consecutive_failures,
+        policy.half_open_max_probes,
+        policy.half_open_successes,
+        policy.probe_lease_ms,
+        policy.open_base_ms,
+        policy.backoff_factor,
+        policy.open_cap_ms,
+        policy.jitter_ratio,
+        policy.ttl_ms(),
+    ]
+    return [repr(x) for x in numbers]
+
+
+def _live_totals(f: dict[str, str], now: int) -> tuple[int, int, int]:
+    """Window totals at ``now``: the stored totals minus buckets that expired since ``hd``."""
+    if "hd" not in f or "wb" not in f or "wn" not in f:
+        return 0, 0, 0
+    head, bucket_ms, n = int(f["hd"]), int(f["wb"]), int(f["wn"])
+    calls, fails, slow = int(f.get("C", 0)), int(f.get("F", 0)), int(f.get("S", 0))
+    gap = now // bucket_ms - head
+    if gap >= n:
+        return 0, 0, 0
+    for k in range(head + 1, head + max(gap, 0) + 1):
+        slot = k % n
+        calls -= int(f.get(f"b{slot}c", 0))
+        fails -= int(f.get(f"b{slot}f", 0))
+        slow -= int(f.get(f"b{slot}s", 0))
+    return calls, fails, slow
+
+
+def _snapshot_from_hash(scope: Scope, f: dict[str, str], clock_ms: int) -> ScopeSnapshot:
+    now = max(clock_ms, int(f.get("ln", 0)))
+    calls, fails, slow = _live_totals(f, now)
+    leases = [p.split(":") for p in f.get("ls", "").split(",") if ":" in p]
+    return ScopeSnapshot(
+        scope=scope,
+        state=cast(State, f.get("st", "closed")),
+        generation=int(f.get("g", 0)),
+        open_until_ms=int(f["ou"]) if "ou" in f else None,
+        trips=int(f.get("tr", 0)),
+        calls=calls,
+        failures=fails,
+        slow_calls=slow,
+        failure_rate=fails / calls if calls else 0.0,
+        slow_rate=slow / calls if calls else 0.0,
+        consecutive_failures=int(f.get("cf", 0)),
+        probes_in_flight=sum(1 for _, exp in leases if int(exp) > now),
+        probe_successes=int(f.get("ps", 0)),
+        now_ms=now,
+    )
+
+
+class RedisStore(BreakerStore):
+    """Breaker state in Redis, shared by every worker that uses the same ``namespace``.
+
+    ``client`` is a redis-py client with short socket timeouts (``fleet.redis_client.make_redis``);
+    the three scripts are registered on it once, here. Time is Redis server time.
+    """
+
+    def __init__(self, client: redis.Redis, *, namespace: str) -> None:
+        if not namespace or any(c in namespace for c in "{}* \t\n"):
+            raise ValueError(
+                f"namespace {namespace!r} is invalid: use a non-empty name without braces, "
+                "'*' or spaces (for example 'fleet')"
+            )
+        self._client = client
+        self._ns = namespace
+        self._prefix = f"{namespace}:cb:"
+        self._acquire = client.register_script(_lua("acquire.lua"))
+        self._record = client.register_script(_lua("record.lua"))
+        self._control = client.register_script(_lua("control.lua"))
+
+    def key(self, scope: Scope) -> str:
+        """The Redis key of ``scope``'s hash (hash tag = provider)."""
+        if scope.model is None:
+            return f"{self._prefix}{scope.hash_tag}:p"
+        return f"{self._prefix}{scope.hash_tag}:m:{scope.model}"
+
+    def _scope_of(self, key: str) -> Scope | None:
+        rest = key[len(self._prefix) :]
+        if not rest.startswith("{") or "}" not in rest:
+            return None
+        provider, _, tail = rest[1:].partition("}")
+        try:
+            if tail == ":p":
+                return Scope(provider)
+            if tail.startswith(":m:"):
+                return Scope(provider, tail[3:])
+        except ValueError:
+            return None
+        return None
+
+    @contextmanager
+    def _guard(self, op: str, what: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as exc:
+            log.warning(
+                "breaker store unavailable op=%s scope=%s namespace=%s error=%s",
+                op,
+                what,
+                self._ns,
+                type(exc).__name__,
+            )
+            raise StoreUnavailable(
+                f"Redis did not answer the breaker {op} for {what} ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def _transitions(self, rows: Any, scopes: Sequence[Scope]) -> list[Transition]:
+        out = []
+        for row in rows:
+            idx, frm, to, trig, thr, val, gen, until, at = row
+            out.append(
+                Transition(
+                    scope=scopes[int(idx) - 1],
+                    from_state=cast(State, _text(frm)),
+                    to_state=cast(State, _text(to)),
+                    trigger=cast(Trigger, _text(trig)),
+                    threshold=float(_text(thr)),
+                    value=float(_text(val)),
+                    generation=int(gen),
+                    open_until_ms=None if int(until) < 0 else int(until),
+                    at_ms=int(at),
+                )
+            )
+        return out
+
+    def acquire(
+        self, scopes: Sequence[tuple[Scope, BreakerPolicy]]
+    ) -> tuple[AcquireResult, list[Transition]]:
+        """See :meth:`BreakerStore.acquire`: one EVALSHA for all scopes."""
+        names = [s for s, _ in scopes]
+        argv: list[str] = []
+        for _, policy in scopes:
+            argv += policy_argv(policy)
+        with self._guard("acquire", ",".join(map(str, names))):
+            reply = self._acquire(keys=[self.key(s) for s in names], args=argv)
+        allowed, rej_idx, reason, retry_after, grants, trs = reply
+        if not int(allowed):
+            scope = names[int(rej_idx) - 1]
+            return AcquireResult(False, (), scope, _text(reason), int(retry_after)), []
+        granted = tuple(
+            ScopeGrant(scope, int(gen), _text(tok) or None)
+            for scope, (gen, tok) in zip(names, grants, strict=True)
+        )
+        return AcquireResult(True, granted), self._transitions(trs, names)
+
+    def record(
+        self,
+        grants: Sequence[tuple[ScopeGrant, BreakerPolicy]],
+        outcome: Outcome,
+        *,
+        jitter: float,
+    ) -> list[Transition]:
+        """See :meth:`BreakerStore.record`: one EVALSHA for all grants."""
+        if not grants:
+            return []
+        jitter = min(max(float(jitter), 0.0), 1.0)
+        argv = [
+            repr(jitter),
+            str(outcome.cls),
+            repr(float(outcome.latency_ms)),
+            str(int(outcome.retry_after_ms or 0)),
+        ]
+        for grant, policy in grants:
+            argv += [str(grant.generation), grant.probe_token or "", *policy_argv(policy)]
+        names = [g.scope for g, _ in grants]
+        with self._guard("record", ",".join(map(str, names))):
+            rows = self._record(keys=[self.key(s) for s in names], args=argv)
+        return self._transitions(rows, names)
+
+    def control(self, scope: Scope, policy: BreakerPolicy, action: ControlAction) -> Transition:
+        """See :meth:`BreakerStore.control`: one EVALSHA."""
+        if action not in _CONTROL_ACTIONS:
+            raise ValueError(
+                f"control action {action!r} is unknown: use one of {list(_CONTROL_ACTIONS)}"
+            )
+        with self._guard("control", str(scope)):
+            row = self._control(keys=[self.key(scope)], args=[action, *policy_argv(policy)])
+        return self._transitions([row], [scope])[0]
+
+    def snapshot(self, scope: Scope, policy: BreakerPolicy) -> ScopeSnapshot:
+        """See :meth:`BreakerStore.snapshot`: one MULTI/EXEC of TIME and HGETALL, no writes."""
+        with self._guard("snapshot", str(scope)):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.time()
+            pipe.hgetall(self.key(scope))
+            (sec, usec), raw = pipe.execute()
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return _snapshot_from_hash(scope, fields, int(sec) * 1000 + int(usec) // 1000)
+
+    def scopes(self) -> list[Scope]:
+        """See :meth:`BreakerStore.scopes` (SCAN over ``<ns>:cb:*``)."""
+        found: set[Scope] = set()
+        with self._guard("scopes", self._prefix + "*"):
+            for key in self._client.scan_iter(match=self._prefix + "*", count=500):
+                scope = self._scope_of(_text(key))
+                if scope is not None:
+                    found.add(scope)
+        return sorted(found)
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers PING."""
+        with self._guard("ping", "-"):
+            self._client.ping()

@@ -1,0 +1,504 @@
+"""One contract suite for every breaker store: MemoryStore (fake clock) and RedisStore (real
+Redis, real server time). Time passes by advancing the fake clock or by waiting on the Redis
+server clock (a condition, never a fixed sleep); no assertion depends on how long a step took.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+import redis
+
+from breaker_service.errors import PolicyError
+from breaker_service.outcomes import Outcome, OutcomeClass
+from breaker_service.policy import BreakerPolicy
+from breaker_service.scope import Scope
+from breaker_service.store import (
+    AcquireResult,
+    BreakerStore,
+    MemoryStore,
+    ScopeGrant,
+    Transition,
+)
+from breaker_service.store.redis import RedisStore
+from fleet.testing import wait_until
+
+PROVIDER = Scope("sambanova")
+MODEL = Scope("sambanova", "llama-70b")
+
+OK = Outcome(OutcomeClass.SUCCESS, latency_ms=10)
+FAIL = Outcome(OutcomeClass.FAILURE, latency_ms=10)
+IGNORED = Outcome(OutcomeClass.IGNORED, latency_ms=10)
+CREDENTIAL = Outcome(OutcomeClass.CREDENTIAL, status=401)
+
+
+def pol(**kw: Any) -> BreakerPolicy:
+    """A test policy: small times, only the rule under test reachable unless overridden."""
+    base: dict[str, Any] = {
+        "window_ms": 2_000,
+        "buckets": 10,
+        "minimum_calls": 4,
+        "failure_rate_threshold": 0.5,
+        "consecutive_failures": 100,
+        "slow_call_ms": 1_000,
+        "slow_call_rate_threshold": 1.0,
+        "half_open_max_probes": 1,
+        "half_open_successes": 1,
+        "probe_lease_ms": 10_000,
+        "open_base_ms": 5_000,
+        "open_cap_ms": 60_000,
+        "jitter_ratio": 0.0,
+    }
+    return BreakerPolicy(**{**base, **kw})
+
+
+@dataclass
+class Harness:
+    """A store plus a way to let time pass on that store's clock."""
+
+    kind: str
+    store: BreakerStore
+    clock: list[int] = field(default_factory=lambda: [1_000_000])
+    client: redis.Redis | None = None
+
+    def store_now_ms(self) -> int:
+        if self.client is None:
+            return self.clock[0]
+        sec, usec = cast(tuple[int, int], self.client.time())
+        return int(sec) * 1000 + int(usec) // 1000
+
+    def elapse(self, ms: int) -> None:
+        """Let ``ms`` pass on the store's clock (fake clock, or wait on Redis TIME)."""
+        if self.client is None:
+            self.clock[0] += ms
+            return
+        target = self.store_now_ms() + ms
+        wait_until(
+            lambda: self.store_now_ms() >= target,
+            timeout_s=ms / 1000 + 10,
+            interval_s=0.01,
+            message=f"redis TIME to pass {ms} ms",
+        )
+
+    def call(
+        self,
+        outcome: Outcome,
+        policy: BreakerPolicy,
+        scopes: tuple[Scope, ...] = (MODEL,),
+        jitter: float = 0.0,
+    ) -> tuple[AcquireResult, list[Transition]]:
+        """acquire + record one call; returns the acquire result and every transition."""
+        res, trs = self.store.acquire([(s, policy) for s in scopes])
+        if res.allowed:
+            trs += self.store.record([(g, policy) for g in res.grants], outcome, jitter=jitter)
+        return res, trs
+
+
+@pytest.fixture(params=["memory", "redis"])
+def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """The store under test: ``memory`` (fake clock) or ``redis`` (real server time)."""
+    if request.param == "memory":
+        harness = Harness("memory", MemoryStore())
+        harness.store = MemoryStore(clock_ms=lambda: harness.clock[0])
+        yield harness
+        return
+    url = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    yield Harness("redis", RedisStore(client, namespace="test"), client=client)
+    client.close()
+
+
+def trip(h: Harness, policy: BreakerPolicy, scope: Scope = MODEL) -> Transition:
+    """Trip ``scope`` with consecutive failures; returns the trip transition."""
+    for _ in range(policy.consecutive_failures):
+        _, trs = h.call(FAIL, policy, (scope,))
+        if trs:
+            (tr,) = trs
+            return tr
+    raise AssertionError("scope did not trip")
+
+
+# -- trip rules -------------------------------------------------------------------------------
+
+
+def test_consecutive_failures_trip_with_threshold_and_value(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100)
+    assert h.call(FAIL, p)[1] == []
+    assert h.call(FAIL, p)[1] == []
+    _, trs = h.call(FAIL, p)
+    (tr,) = trs
+    assert (tr.scope, tr.from_state, tr.to_state, tr.trigger) == (
+        MODEL,
+        "closed",
+        "open",
+        "consecutive",
+    )
+    assert (tr.threshold, tr.value, tr.generation) == (3.0, 3.0, 1)
+    assert tr.open_until_ms == tr.at_ms + p.open_base_ms
+    res, _ = h.store.acquire([(MODEL, p)])
+    assert not res.allowed
+    assert (res.rejected_scope, res.reason) == (MODEL, "open")
+    assert 0 < res.retry_after_ms <= p.open_base_ms
+
+
+def test_success_resets_consecutive_counter(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100)
+    for outcome in (FAIL, FAIL, OK, FAIL, FAIL):
+        assert h.call(outcome, p)[1] == []
+    assert h.store.snapshot(MODEL, p).consecutive_failures == 2
+
+
+def test_failure_rate_trips_only_with_minimum_calls(h: Harness) -> None:
+    p = pol(minimum_calls=4, failure_rate_threshold=0.5)
+    for _ in range(3):  # rate 1.0 but only 3 calls in the window
+        assert h.call(FAIL, p)[1] == []
+    _, trs = h.call(FAIL, p)
+    (tr,) = trs
+    assert (tr.trigger, tr.threshold, tr.value) == ("failure_rate", 0.5, 1.0)
+
+
+def test_failure_rate_value_is_the_measured_rate(h: Harness) -> None:
+    p = pol(minimum_calls=4, failure_rate_threshold=0.5)
+    for outcome in (OK, FAIL, OK):
+        assert h.call(outcome, p)[1] == []
+    _, trs = h.call(FAIL, p)  # 2 failures / 4 calls = 0.5 >= 0.5
+    (tr,) = trs
+    assert (tr.trigger, tr.threshold, tr.value) == ("failure_rate", 0.5, 0.5)
+
+
+def test_below_failure_rate_threshold_stays_closed(h: Harness) -> None:
+    p = pol(minimum_calls=4, failure_rate_threshold=0.6)
+    for outcome in (OK, FAIL, OK, FAIL, OK, FAIL):  # 3/6 = 0.5 < 0.6
+        assert h.call(outcome, p)[1] == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.calls, snap.failures, snap.failure_rate) == ("closed", 6, 3, 0.5)
+
+
+def test_slow_calls_trip(h: Harness) -> None:
+    p = pol(minimum_calls=4, slow_call_ms=100, slow_call_rate_threshold=0.75)
+    slow = Outcome(OutcomeClass.SUCCESS, latency_ms=250)
+    for outcome in (slow, OK, slow):
+        assert h.call(outcome, p)[1] == []
+    _, trs = h.call(slow, p)  # 3 slow of 4
+    (tr,) = trs
+    assert (tr.trigger, tr.threshold, tr.value) == ("slow_calls", 0.75, 0.75)
+
+
+def test_ignored_outcomes_are_not_counted(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100)
+    for outcome in (FAIL, IGNORED, IGNORED, FAIL, IGNORED):
+        assert h.call(outcome, p)[1] == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.calls, snap.failures, snap.consecutive_failures) == (2, 2, 2)
+    # ignored did not reset the consecutive counter either: the next failure is the third
+    _, trs = h.call(FAIL, p)
+    assert [t.trigger for t in trs] == ["consecutive"]
+
+
+def test_rate_limited_opens_at_least_retry_after(h: Harness) -> None:
+    p = pol(consecutive_failures=2, open_base_ms=300)
+    limited = Outcome(OutcomeClass.RATE_LIMITED, status=429, retry_after_ms=7_000)
+    assert h.call(limited, p)[1] == []
+    _, trs = h.call(limited, p)
+    (tr,) = trs
+    assert tr.to_state == "open"
+    assert tr.open_until_ms is not None
+    assert tr.open_until_ms - tr.at_ms == 7_000
+    res, _ = h.store.acquire([(MODEL, p)])
+    assert res.reason == "open"
+    assert res.retry_after_ms > 300
+
+
+def test_credential_trips_at_once_and_stays_open_past_cap(h: Harness) -> None:
+    p = pol(open_base_ms=100, open_cap_ms=100)
+    _, trs = h.call(CREDENTIAL, p)
+    (tr,) = trs
+    assert (tr.trigger, tr.to_state, tr.open_until_ms) == ("credential", "open", None)
+    h.elapse(300)  # three times the cap
+    res, trs = h.store.acquire([(MODEL, p)])
+    assert (res.allowed, res.reason, trs) == (False, "credential", [])
+    assert res.retry_after_ms == 60_000
+    tr = h.store.control(MODEL, p, "reset")
+    assert (tr.from_state, tr.to_state) == ("open", "closed")
+    assert h.store.acquire([(MODEL, p)])[0].allowed
+
+
+# -- open, half-open, close -------------------------------------------------------------------
+
+
+def test_open_moves_to_half_open_exactly_once_under_concurrency(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=300, half_open_max_probes=3)
+    trip(h, p)
+    h.elapse(300)
+    barrier = threading.Barrier(8)
+    results: list[tuple[AcquireResult, list[Transition]]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        barrier.wait()
+        out = h.store.acquire([(MODEL, p)])
+        with lock:
+            results.append(out)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    transitions = [tr for _, trs in results for tr in trs]
+    assert len(transitions) == 1
+    (tr,) = transitions
+    assert (tr.from_state, tr.to_state, tr.trigger) == ("open", "half_open", "open_elapsed")
+    assert tr.threshold == 300.0
+    assert tr.value >= 300.0
+    allowed = [r for r, _ in results if r.allowed]
+    assert len(allowed) == 3  # the probe limit
+    assert all(r.grants[0].probe_token for r in allowed)
+    assert len({r.grants[0].probe_token for r in allowed}) == 3
+    assert {r.reason for r, _ in results if not r.allowed} == {"half_open_full"}
+
+
+def test_probe_limit_and_lease_expiry(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=100, half_open_max_probes=2, probe_lease_ms=400)
+    trip(h, p)
+    h.elapse(100)
+    first, _ = h.store.acquire([(MODEL, p)])
+    second, _ = h.store.acquire([(MODEL, p)])
+    third, _ = h.store.acquire([(MODEL, p)])
+    assert first.allowed and second.allowed
+    assert (third.allowed, third.reason) == (False, "half_open_full")
+    assert 0 < third.retry_after_ms <= 400
+    assert h.store.snapshot(MODEL, p).probes_in_flight == 2
+    # both probers die without recording: their leases expire and free the slots
+    h.elapse(400)
+    assert h.store.snapshot(MODEL, p).probes_in_flight == 0
+    again, trs = h.store.acquire([(MODEL, p)])
+    assert again.allowed and again.grants[0].probe_token
+    assert trs == []  # still the same half-open period
+    assert h.store.snapshot(MODEL, p).state == "half_open"
+
+
+def test_k_probe_successes_close_with_fresh_window(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=100, half_open_max_probes=2,
+            half_open_successes=2)  # fmt: skip
+    trip(h, p)
+    h.elapse(100)
+    a, _ = h.store.acquire([(MODEL, p)])
+    b, _ = h.store.acquire([(MODEL, p)])
+    assert h.store.record([(a.grants[0], p)], OK, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.probe_successes, snap.probes_in_flight) == ("half_open", 1, 1)
+    (tr,) = h.store.record([(b.grants[0], p)], OK, jitter=0)
+    assert (tr.from_state, tr.to_state, tr.trigger) == ("half_open", "closed", "probes_succeeded")
+    assert (tr.threshold, tr.value) == (2.0, 2.0)
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.trips, snap.calls, snap.generation) == ("closed", 0, 0, tr.generation)
+
+
+def test_probe_failure_reopens_with_longer_open_time(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=200, backoff_factor=2.0)
+    first = trip(h, p)
+    assert first.open_until_ms is not None
+    assert first.open_until_ms - first.at_ms == 200
+    h.elapse(200)
+    res, _ = h.store.acquire([(MODEL, p)])
+    (tr,) = h.store.record([(res.grants[0], p)], FAIL, jitter=0)
+    assert (tr.from_state, tr.to_state, tr.trigger) == ("half_open", "open", "probe_failed")
+    assert tr.open_until_ms is not None
+    assert tr.open_until_ms - tr.at_ms == 400
+    assert h.store.snapshot(MODEL, p).trips == 2
+
+
+def test_open_time_jitter_and_cap(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=1_000, open_cap_ms=1_500, jitter_ratio=0.2)
+    (res, _) = h.store.acquire([(MODEL, p)])
+    (tr,) = h.store.record([(res.grants[0], p)], FAIL, jitter=0.5)
+    assert tr.open_until_ms is not None
+    assert tr.open_until_ms - tr.at_ms == 1_100  # base * (1 + 0.2 * 0.5)
+    h.store.control(MODEL, p, "reset")
+    assert p.open_ms_for(5) == 1_500  # the cap bounds the backoff
+
+
+def test_non_probe_success_does_not_close_half_open(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=100)
+    trip(h, p)
+    h.elapse(100)
+    res, (_tr,) = h.store.acquire([(MODEL, p)])
+    fake = ScopeGrant(MODEL, res.grants[0].generation, None)
+    assert h.store.record([(fake, p)], OK, jitter=0) == []
+    assert h.store.snapshot(MODEL, p).state == "half_open"
+
+
+def test_old_generation_outcome_does_not_change_state(h: Harness) -> None:
+    p = pol(consecutive_failures=2, open_base_ms=100)
+    slow_res, _ = h.store.acquire([(MODEL, p)])  # a call that started before the trip
+    old = slow_res.grants[0]
+    trip(h, p)
+    before = h.store.snapshot(MODEL, p)
+    assert h.store.record([(old, p)], FAIL, jitter=0) == []
+    after = h.store.snapshot(MODEL, p)
+    assert (after.state, after.generation) == ("open", before.generation)
+    assert after.calls == before.calls + 1  # metrics only
+    h.elapse(100)
+    res, _ = h.store.acquire([(MODEL, p)])
+    assert res.grants[0].probe_token
+    # the pre-trip call finishing well does not count as a probe, nor close the breaker
+    assert h.store.record([(old, p)], OK, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.probe_successes) == ("half_open", 0)
+
+
+# -- several scopes ---------------------------------------------------------------------------
+
+
+def test_multi_scope_acquire_rejects_and_takes_nothing(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=100)
+    trip(h, p, MODEL)
+    h.elapse(100)  # the model scope could now hand out a probe lease
+    trip(h, pol(consecutive_failures=1, open_base_ms=60_000, open_cap_ms=60_000), PROVIDER)
+    res, trs = h.store.acquire([(MODEL, p), (PROVIDER, p)])
+    assert (res.allowed, res.rejected_scope, res.reason, res.grants) == (
+        False,
+        PROVIDER,
+        "open",
+        (),
+    )
+    assert trs == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.probes_in_flight) == ("open", 0)
+
+
+def test_multi_scope_grants_and_record_counts_each_scope(h: Harness) -> None:
+    p = pol()
+    res, _ = h.call(FAIL, p, (PROVIDER, MODEL))
+    assert [g.scope for g in res.grants] == [PROVIDER, MODEL]
+    assert all(g.probe_token is None and g.generation == 0 for g in res.grants)
+    other = Scope("sambanova", "llama-8b")
+    h.call(OK, p, (PROVIDER, other))
+    assert h.store.snapshot(PROVIDER, p).calls == 2
+    assert (h.store.snapshot(MODEL, p).calls, h.store.snapshot(other, p).calls) == (1, 1)
+    assert h.store.scopes() == sorted([PROVIDER, MODEL, other])
+
+
+# -- manual control ---------------------------------------------------------------------------
+
+
+def test_force_open_rejects_and_does_not_expire(h: Harness) -> None:
+    p = pol(open_base_ms=100, open_cap_ms=100)
+    tr = h.store.control(MODEL, p, "force_open")
+    assert (tr.from_state, tr.to_state, tr.trigger, tr.generation) == (
+        "closed",
+        "forced_open",
+        "manual",
+        1,
+    )
+    h.elapse(200)
+    res, trs = h.store.acquire([(MODEL, p)])
+    assert (res.allowed, res.reason, res.retry_after_ms, trs) == (False, "forced_open", 60_000, [])
+
+
+def test_force_closed_never_trips_but_records(h: Harness) -> None:
+    p = pol(consecutive_failures=1, minimum_calls=1)
+    h.store.control(MODEL, p, "force_closed")
+    for outcome in (FAIL, FAIL, CREDENTIAL):
+        res, trs = h.call(outcome, p)
+        assert res.allowed and trs == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.calls, snap.failures) == ("forced_closed", 3, 3)
+
+
+def test_disable_allows_and_records_metrics_only(h: Harness) -> None:
+    p = pol(consecutive_failures=1)
+    trip(h, p)
+    tr = h.store.control(MODEL, p, "disable")
+    assert (tr.from_state, tr.to_state) == ("open", "disabled")
+    res, trs = h.call(FAIL, p)
+    assert res.allowed and trs == []
+    assert h.store.snapshot(MODEL, p).state == "disabled"
+
+
+def test_reset_closes_with_fresh_window_and_no_trips(h: Harness) -> None:
+    p = pol(consecutive_failures=1)
+    trip(h, p)
+    h.call(FAIL, pol(), (PROVIDER,))
+    tr = h.store.control(MODEL, p, "reset")
+    assert (tr.from_state, tr.to_state, tr.trigger) == ("open", "closed", "manual")
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.trips, snap.calls, snap.consecutive_failures) == ("closed", 0, 0, 0)
+    assert snap.generation == tr.generation == 2
+    assert h.store.acquire([(MODEL, p)])[0].allowed
+
+
+def test_control_rejects_unknown_action(h: Harness) -> None:
+    with pytest.raises(ValueError, match="force_open"):
+        h.store.control(MODEL, pol(), "explode")  # type: ignore[arg-type]
+
+
+# -- window and snapshot ----------------------------------------------------------------------
+
+
+def test_window_slides_old_failures_expire(h: Harness) -> None:
+    p = pol(minimum_calls=4, window_ms=1_000, buckets=10)
+    for _ in range(3):
+        assert h.call(FAIL, p)[1] == []
+    assert h.store.snapshot(MODEL, p).calls == 3
+    h.elapse(1_000)
+    assert h.store.snapshot(MODEL, p).calls == 0
+    assert h.call(FAIL, p)[1] == []  # only 1 call in the window now: no trip
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.calls, snap.failures, snap.consecutive_failures) == (1, 1, 4)
+
+
+def test_snapshot_fields(h: Harness) -> None:
+    p = pol(minimum_calls=100, slow_call_ms=100)
+    for outcome in (OK, FAIL, Outcome(OutcomeClass.SUCCESS, latency_ms=500), FAIL):
+        h.call(outcome, p)
+    snap = h.store.snapshot(MODEL, p)
+    assert snap.scope == MODEL
+    assert (snap.state, snap.generation, snap.open_until_ms, snap.trips) == ("closed", 0, None, 0)
+    assert (snap.calls, snap.failures, snap.slow_calls) == (4, 2, 1)
+    assert (snap.failure_rate, snap.slow_rate, snap.consecutive_failures) == (0.5, 0.25, 1)
+    assert (snap.probes_in_flight, snap.probe_successes) == (0, 0)
+    assert snap.now_ms >= h.store_now_ms() - 1_000
+    unknown = h.store.snapshot(Scope("nobody"), p)
+    assert (unknown.state, unknown.calls, unknown.generation) == ("closed", 0, 0)
+
+
+def test_state_is_constant_size_after_many_records(h: Harness) -> None:
+    p = pol(window_ms=1_000, buckets=10, minimum_calls=10**6)
+    for i in range(2_000):
+        res, _ = h.store.acquire([(MODEL, p)])
+        h.store.record([(res.grants[0], p)], FAIL if i % 3 else OK, jitter=0)
+        if i % 500 == 0:
+            h.elapse(150)  # move through several buckets
+    snap = h.store.snapshot(MODEL, p)
+    assert snap.state == "closed"
+    assert 0 < snap.calls <= 2_000
+    assert snap.failures <= snap.calls
+
+
+def test_ping_answers(h: Harness) -> None:
+    h.store.ping()
+
+
+# -- Scope ------------------------------------------------------------------------------------
+
+
+def test_scope_round_trips_and_sorts() -> None:
+    assert str(MODEL) == "sambanova/llama-70b"
+    assert Scope.parse("sambanova/llama-70b") == MODEL
+    assert Scope.parse(" sambanova ") == PROVIDER
+    assert MODEL.hash_tag == PROVIDER.hash_tag == "{sambanova}"
+    assert MODEL.provider_scope == PROVIDER
+    assert sorted([MODEL, Scope("a", "b"), PROVIDER]) == [Scope("a", "b"), PROVIDER, MODEL]
+    assert len({MODEL, Scope("sambanova", "llama-70b"), PROVIDER}) == 2
+
+
+@pytest.mark.parametrize("text", ["", "/x", "samba nova", "a/", "{a}/b", "a:b"])
+def test_scope_parse_rejects_bad_text(text: str) -> None:
+    with pytest.raises(PolicyError, match=r"provider|model|scope"):
+        Scope.parse(text)
