@@ -1,0 +1,170 @@
+"""Redis unavailable: the breaker degrades per its fallback setting and rejoins afterwards.
+
+A paused container is a hung Redis (socket timeouts); a dead port is a refused connection.
+No RedisError or StoreUnavailable may ever reach the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from breaker_service import (
+    BreakerListener,
+    BreakerPolicy,
+    EventLog,
+    FleetBreaker,
+    Outcome,
+    OutcomeClass,
+    Permit,
+    Rejection,
+    Scope,
+    StoreGuard,
+    Transition,
+)
+from breaker_service.breaker import Fallback
+from breaker_service.listeners import TransitionSource
+from breaker_service.store.redis import RedisStore
+from fleet.redis_client import make_redis
+from fleet.settings import FleetSettings
+from fleet.testing import free_port, wait_until
+from fleet.testing.redis_container import RedisContainer
+
+PROV = Scope("prov")
+POLICY = BreakerPolicy(
+    minimum_calls=1_000, consecutive_failures=3, open_base_ms=60_000, jitter_ratio=0
+)
+OK = Outcome(OutcomeClass.SUCCESS, latency_ms=1.0)
+FAIL = Outcome(OutcomeClass.FAILURE, latency_ms=1.0)
+
+
+class Recorder(BreakerListener):
+    def __init__(self) -> None:
+        self.unavailable: list[str] = []
+        self.recovered: list[float] = []
+        self.transitions: list[tuple[Transition, str]] = []
+
+    def on_store_unavailable(self, error: BaseException, *, fallback: str) -> None:
+        self.unavailable.append(fallback)
+
+    def on_store_recovered(self, *, degraded_s: float) -> None:
+        self.recovered.append(degraded_s)
+
+    def on_transition(self, transition: Transition, *, source: TransitionSource) -> None:
+        self.transitions.append((transition, source))
+
+
+def _breaker(url: str, fallback: Fallback, recorder: Recorder) -> FleetBreaker:
+    settings = FleetSettings.load(redis_url=url, namespace="fb", socket_timeout_s=0.2)
+    client = make_redis(settings)
+    return FleetBreaker(
+        RedisStore(client, namespace="fb"),
+        lambda _s: POLICY,
+        fallback=fallback,
+        worker_id=f"w-{fallback}",
+        events=EventLog(client, namespace="fb"),
+        listeners=[recorder],
+        guard=StoreGuard(name=fallback, fail_max=2, reset_timeout_s=0.3),
+    )
+
+
+@pytest.fixture
+def paused() -> Iterator[RedisContainer]:
+    """A private Redis, paused by the test."""
+    from fleet.testing.pytest_plugin import _require_docker
+
+    _require_docker()
+    server = RedisContainer().start()
+    yield server
+    server.stop()
+
+
+def _shared(breaker: FleetBreaker) -> Permit | None:
+    decision = breaker.acquire([PROV])
+    if isinstance(decision, Permit) and decision.decision in ("allow", "probe"):
+        breaker.record(decision, OK)
+        return decision
+    return None
+
+
+def test_local_fallback_decides_in_process_then_rejoins(paused: RedisContainer) -> None:
+    rec = Recorder()
+    breaker = _breaker(paused.url, "local", rec)
+    assert _shared(breaker) is not None
+    breaker.flush()
+    paused.pause()
+    for _ in range(3):  # a hung Redis: local decisions, counted in the local store
+        permit = breaker.acquire([PROV])
+        assert isinstance(permit, Permit) and permit.decision == "degraded"
+        breaker.record(permit, FAIL)
+    assert rec.unavailable == ["local"]  # said once, on entering
+    assert [(t.to_state, s) for t, s in rec.transitions] == [("open", "local")]
+    rejected = breaker.acquire([PROV])
+    assert isinstance(rejected, Rejection) and rejected.reason == "open"
+    assert breaker.guard.refused > 0  # stopped waiting on Redis
+    paused.unpause()
+    wait_until(lambda: _shared(breaker), timeout_s=10, message="rejoin shared state")
+    assert len(rec.recovered) == 1 and not breaker.degraded
+    breaker.flush()
+    snap = breaker.snapshot(PROV)  # local failures never leaked into the shared state
+    assert snap.state == "closed" and snap.failures == 0
+    with paused.client() as conn:
+        kinds = [f[b"kind"] for _id, f in conn.xrange("fb:events")]
+    assert kinds == [b"store_recovered"]
+    breaker.close()
+
+
+def test_fail_closed_rejects_with_store_unavailable(paused: RedisContainer) -> None:
+    rec = Recorder()
+    breaker = _breaker(paused.url, "fail_closed", rec)
+    paused.kill()  # refused connections
+    for _ in range(5):
+        rejected = breaker.acquire([PROV])
+        assert isinstance(rejected, Rejection)
+        assert rejected.reason == "store_unavailable" and rejected.scope == "prov"
+        assert 0 < rejected.retry_after_s <= 0.3
+    assert rec.unavailable == ["fail_closed"]
+    paused.restart()
+    wait_until(lambda: _shared(breaker), timeout_s=10, message="rejoin after restart")
+    assert len(rec.recovered) == 1
+    breaker.close()
+
+
+def test_fail_open_bypasses_and_keeps_local_metrics(paused: RedisContainer) -> None:
+    rec = Recorder()
+    breaker = _breaker(paused.url, "fail_open", rec)
+    paused.pause()
+    for _ in range(5):
+        with breaker.protect([PROV]) as permit:
+            assert permit.decision == "bypass"
+    assert breaker.local_snapshot(PROV).calls == 5
+    assert rec.unavailable == ["fail_open"]
+    paused.unpause()
+    breaker.close()
+
+
+def test_background_records_fall_back_to_local_store(paused: RedisContainer) -> None:
+    rec = Recorder()
+    breaker = _breaker(paused.url, "local", rec)
+    permit = breaker.acquire([PROV])
+    assert isinstance(permit, Permit) and permit.decision == "allow"
+    paused.pause()
+    breaker.record(permit, OK)  # queued, then sent while Redis hangs
+    assert breaker.flush(timeout_s=10)
+    assert breaker.local_snapshot(PROV).calls == 1
+    assert rec.unavailable == ["local"]
+    paused.unpause()
+    breaker.close()
+
+
+def test_no_redis_at_all_never_raises() -> None:
+    rec = Recorder()
+    breaker = _breaker(f"redis://127.0.0.1:{free_port()}/0", "local", rec)
+    for _ in range(10):
+        with breaker.protect([PROV, Scope("prov", "m")]) as permit:
+            assert permit.decision == "degraded"
+    with pytest.raises(ValueError), breaker.protect([PROV]):
+        raise ValueError("provider down")
+    assert breaker.degraded and rec.unavailable == ["local"]
+    breaker.close()
