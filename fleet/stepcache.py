@@ -1,0 +1,95 @@
+"""Step cache: a redelivered job does not pay again for ``llm_call`` steps it finished.
+
+:class:`StepCacheMiddleware` stores each successful result under ``(job_id, step)`` in
+``<ns>:job:<id>:steps`` (a hash, ``step -> LLMResult JSON``); on the next delivery of the same
+job, ``before_call`` returns the stored result instead of calling a provider. Calls outside a
+job (no ``job_id`` or ``step``) pass through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+import redis
+
+from fleet.errors import StateUnavailable
+from fleet.middleware import CallContext, LLMMiddleware
+from fleet.settings import FleetSettings
+from fleet.types import LLMResult
+
+log = logging.getLogger(__name__)
+
+STEP_TTL_S = 7 * 24 * 3600
+
+
+def steps_key(settings: FleetSettings, job_id: str) -> str:
+    """``<ns>:job:<id>:steps``: completed steps of one job."""
+    return settings.key("job", job_id, "steps")
+
+
+def completed_steps(
+    settings: FleetSettings, redis_client: redis.Redis, job_id: str
+) -> dict[int, LLMResult]:
+    """Every completed step of ``job_id`` (step number -> result); raises StateUnavailable."""
+    try:
+        raw = cast("dict[bytes, bytes]", redis_client.hgetall(steps_key(settings, job_id)))
+    except redis.RedisError as exc:
+        raise StateUnavailable(f"step cache: cannot read steps of job {job_id}: {exc}") from exc
+    return {int(k): LLMResult.model_validate_json(v) for k, v in raw.items()}
+
+
+class StepCacheMiddleware(LLMMiddleware):
+    """``llm_call`` middleware that answers already-paid steps of a job from Redis.
+
+    A Redis error raises :class:`~fleet.errors.StateUnavailable` rather than silently paying
+    again (the worker then requeues the job). A stored step whose task type differs from the
+    call (the agent's code changed between deliveries) is ignored and logged.
+    """
+
+    def __init__(self, settings: FleetSettings, redis_client: redis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis_client
+
+    def before_call(self, ctx: CallContext) -> LLMResult | None:
+        """Return the stored result of ``(ctx.job_id, ctx.step)`` when that step completed."""
+        if ctx.job_id is None or ctx.step is None:
+            return None
+        key = steps_key(self.settings, ctx.job_id)
+        try:
+            raw = cast("bytes | None", self.redis.hget(key, str(ctx.step)))
+        except redis.RedisError as exc:
+            raise StateUnavailable(
+                f"step cache: cannot read job {ctx.job_id} step {ctx.step}: {exc}"
+            ) from exc
+        if raw is None:
+            return None
+        cached = LLMResult.model_validate_json(raw)
+        if cached.task_type != ctx.task_type:
+            log.warning(
+                "step cache mismatch job_id=%s step=%s cached_task_type=%s task_type=%s",
+                ctx.job_id,
+                ctx.step,
+                cached.task_type,
+                ctx.task_type,
+            )
+            return None
+        log.info(
+            "step cache hit job_id=%s step=%s task_type=%s", ctx.job_id, ctx.step, ctx.task_type
+        )
+        return cached
+
+    def after_call(self, ctx: CallContext, result: LLMResult) -> None:
+        """Store the result of ``(ctx.job_id, ctx.step)`` (idempotent for cached answers)."""
+        if ctx.job_id is None or ctx.step is None:
+            return
+        key = steps_key(self.settings, ctx.job_id)
+        try:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hsetnx(key, str(ctx.step), result.model_dump_json())
+            pipe.expire(key, STEP_TTL_S)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise StateUnavailable(
+                f"step cache: cannot store job {ctx.job_id} step {ctx.step}: {exc}"
+            ) from exc
