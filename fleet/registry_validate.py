@@ -13,7 +13,6 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +24,11 @@ from fleet.registry import ModelInfo, Preset, ProviderInfo, Registry, TaskProfil
 
 log = logging.getLogger("fleet.registry")
 M = TypeVar("M", bound=BaseModel)
+
+#: The registry shipped as package data. Located from this file rather than with
+#: importlib.resources.files("fleet"), which fails when ``fleet`` resolves as a namespace
+#: package (seen with setuptools editable installs run from another directory).
+SHIPPED = Path(__file__).parent / "data" / "registry.toml"
 
 _TOP_LEVEL = {"default_preset", "breaker", "providers", "models", "tasks", "presets"}
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
@@ -264,8 +268,7 @@ def _presets(
 
 def _read(path: Path | None) -> tuple[str, str]:
     if path is None:
-        ref = resources.files("fleet").joinpath("data/registry.toml")
-        return ref.read_text(encoding="utf-8"), "package:fleet/data/registry.toml"
+        return SHIPPED.read_text(encoding="utf-8"), "package:fleet/data/registry.toml"
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except OSError as exc:
