@@ -352,6 +352,41 @@ def test_old_generation_outcome_does_not_change_state(h: Harness) -> None:
     assert (snap.state, snap.probe_successes) == ("half_open", 0)
 
 
+def test_concurrent_failures_trip_exactly_once(h: Harness) -> None:
+    p = pol(consecutive_failures=5, minimum_calls=1_000, open_base_ms=60_000)
+    barrier = threading.Barrier(8)
+    seen: list[Transition] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(10):
+            _, trs = h.call(FAIL, p)
+            with lock:
+                seen.extend(trs)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [(t.from_state, t.to_state, t.trigger) for t in seen] == [
+        ("closed", "open", "consecutive")
+    ]
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.trips, snap.generation) == ("open", 1, 1)
+
+
+def test_policy_with_other_buckets_starts_a_fresh_window(h: Harness) -> None:
+    p10 = pol(window_ms=2_000, buckets=10)
+    p20 = pol(window_ms=2_000, buckets=20)
+    for _ in range(3):
+        h.call(FAIL, p10)
+    h.call(FAIL, p20)
+    snap = h.store.snapshot(MODEL, p20)
+    assert (snap.calls, snap.failures) == (1, 1)
+
+
 # -- several scopes ---------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from breaker_service.errors import PolicyError
 from breaker_service.outcomes import Outcome, OutcomeClass
 from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
@@ -297,7 +298,7 @@ class MemoryStore(BreakerStore):
     def control(self, scope: Scope, policy: BreakerPolicy, action: ControlAction) -> Transition:
         """See :meth:`BreakerStore.control`."""
         if action not in _CONTROL_TARGET:
-            raise ValueError(
+            raise PolicyError(
                 f"control action {action!r} is unknown: use one of {sorted(_CONTROL_TARGET)}"
             )
         with self._lock:
@@ -314,10 +315,8 @@ class MemoryStore(BreakerStore):
         with self._lock:
             now = self._now()
             st = self._scopes.get(scope)
-            if st is None:
+            if st is None:  # read-only: an unknown scope is not created
                 st = _Scope(SlidingWindow(policy.bucket_ms, policy.buckets, now))
-            else:
-                st = self._get(scope, policy, now)
             w = st.window
             w.advance(now)
             return ScopeSnapshot(

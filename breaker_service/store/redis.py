@@ -18,8 +18,11 @@ provider is the Cluster hash tag, so one call's keys share a slot. Fields:
 
 The field count is bounded by ``17 + 3 * buckets`` whatever the call rate. Each of
 :meth:`~RedisStore.acquire`, :meth:`~RedisStore.record`, :meth:`~RedisStore.control` is one
-script call (one round trip); :meth:`~RedisStore.snapshot` is one MULTI/EXEC of ``TIME`` and
-``HGETALL``. Every ``redis.RedisError`` becomes :class:`~breaker_service.errors.StoreUnavailable`.
+script call (one round trip); writes PEXPIRE the key with ``policy.ttl_ms()``, except in the
+sticky states (forced_open, forced_closed, disabled, credential-open), which are PERSISTed so
+they never lapse back to closed on their own. :meth:`~RedisStore.snapshot` is one MULTI/EXEC
+of ``TIME`` and ``HGETALL``. Every ``redis.RedisError`` becomes
+:class:`~breaker_service.errors.StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any, cast
 
 import redis
 
-from breaker_service.errors import StoreUnavailable
+from breaker_service.errors import PolicyError, StoreUnavailable
 from breaker_service.outcomes import Outcome
 from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
@@ -130,7 +133,7 @@ class RedisStore(BreakerStore):
 
     def __init__(self, client: redis.Redis, *, namespace: str) -> None:
         if not namespace or any(c in namespace for c in "{}* \t\n"):
-            raise ValueError(
+            raise PolicyError(
                 f"namespace {namespace!r} is invalid: use a non-empty name without braces, "
                 "'*' or spaces (for example 'fleet')"
             )
@@ -243,7 +246,7 @@ class RedisStore(BreakerStore):
     def control(self, scope: Scope, policy: BreakerPolicy, action: ControlAction) -> Transition:
         """See :meth:`BreakerStore.control`: one EVALSHA."""
         if action not in _CONTROL_ACTIONS:
-            raise ValueError(
+            raise PolicyError(
                 f"control action {action!r} is unknown: use one of {list(_CONTROL_ACTIONS)}"
             )
         with self._guard("control", str(scope)):

@@ -9,7 +9,8 @@ Returns   the transition {1, from, to, "manual", "0", "0", generation, -1, at_ms
 force_open -> forced_open (rejects until changed; never expires), force_closed -> forced_closed
 (allows, never trips, metrics kept), disable -> disabled (metrics only), reset -> closed with a
 fresh window, trips 0 and consecutive 0. Every action bumps the generation and drops the probe
-leases, so in-flight calls can no longer move the state. PEXPIRE ttl_ms follows the write.
+leases, so in-flight calls can no longer move the state. reset is followed by PEXPIRE
+ttl_ms; the other actions PERSIST the key (a forced state must not expire).
 ]]
 
 local key, action = KEYS[1], ARGV[1]
@@ -41,5 +42,9 @@ if action == 'reset' then
 end
 redis.call('HSET', key, 'st', to, 'g', g, 'ps', 0, 'ls', '', 'ln', now)
 redis.call('HDEL', key, 'ou')
-redis.call('PEXPIRE', key, ttl)
+if to == 'closed' then
+  redis.call('PEXPIRE', key, ttl)
+else
+  redis.call('PERSIST', key)  -- a forced state or disabled does not expire on its own
+end
 return {1, from, to, 'manual', '0', '0', g, -1, now}

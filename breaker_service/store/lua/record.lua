@@ -16,7 +16,9 @@ The window is a ring of `buckets` buckets in the same hash (fields b<i>c, b<i>f,
 running totals C, F, S and the newest bucket index hd; expired buckets are subtracted when
 hd moves (O(1) amortised, constant memory). An outcome of an older generation only updates
 the window and the consecutive counter, never the state. ignored outcomes only free a probe
-lease. Every write is followed by PEXPIRE ttl_ms.
+lease. Every write is followed by PEXPIRE ttl_ms, except in the sticky states (forced_open,
+forced_closed, disabled, and open after a credential error, with no open_until), which must
+not expire on their own: those keys are PERSISTed until an operator changes the state.
 ]]
 
 local NPOL, HEAD = 17, 4
@@ -177,6 +179,11 @@ for i = 1, #KEYS do
              'wn', s.wn or pol.n, 'hd', s.hd or math.floor(now / pol.bucket_ms),
              'C', s.C, 'F', s.F, 'S', s.S)
   if s.ou then redis.call('HSET', key, 'ou', s.ou) else redis.call('HDEL', key, 'ou') end
-  redis.call('PEXPIRE', key, pol.ttl)
+  if s.st == 'forced_open' or s.st == 'forced_closed' or s.st == 'disabled'
+      or (s.st == 'open' and not s.ou) then
+    redis.call('PERSIST', key)  -- sticky states last until an operator changes them
+  else
+    redis.call('PEXPIRE', key, pol.ttl)
+  end
 end
 return transitions

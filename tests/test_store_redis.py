@@ -1,0 +1,203 @@
+"""RedisStore-only properties: one round trip per step, key layout, expiry, bounded state,
+script reloading, and Redis errors surfacing as StoreUnavailable (paused and killed servers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from breaker_service.errors import PolicyError, StoreUnavailable
+from breaker_service.outcomes import Outcome, OutcomeClass
+from breaker_service.policy import BreakerPolicy
+from breaker_service.scope import Scope
+from breaker_service.store import ScopeGrant
+from breaker_service.store.redis import RedisStore
+from fleet.testing.redis_container import RedisContainer
+
+PROVIDER = Scope("sambanova")
+MODEL = Scope("sambanova", "llama-70b")
+FAIL = Outcome(OutcomeClass.FAILURE, latency_ms=5)
+OK = Outcome(OutcomeClass.SUCCESS, latency_ms=5)
+POLICY = BreakerPolicy(
+    window_ms=1_000,
+    buckets=10,
+    minimum_calls=10**6,
+    consecutive_failures=10**6,
+    open_base_ms=5_000,
+    open_cap_ms=60_000,
+    jitter_ratio=0.0,
+)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A bytes client on the shared, flushed test Redis."""
+    conn = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> RedisStore:
+    """A RedisStore in namespace ``test``."""
+    return RedisStore(client, namespace="test")
+
+
+class CountingConnection(redis.Connection):
+    """A real connection that counts the requests it sends (one per round trip)."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).sent += 1
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+def test_one_round_trip_per_acquire_and_per_record(redis_url: str) -> None:
+    pool = redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
+    conn = redis.Redis(connection_pool=pool)
+    try:
+        store = RedisStore(conn, namespace="test")
+        scopes = [(PROVIDER, POLICY), (MODEL, POLICY), (Scope("sambanova", "x"), POLICY)]
+        res, _ = store.acquire(scopes)  # loads the scripts (EVALSHA, SCRIPT LOAD, EVALSHA)
+        store.record([(g, POLICY) for g in res.grants], FAIL, jitter=0.3)
+        conn.config_resetstat()
+        CountingConnection.sent = 0
+        res, _ = store.acquire(scopes)
+        assert CountingConnection.sent == 1
+        store.record([(g, POLICY) for g in res.grants], FAIL, jitter=0.3)
+        assert CountingConnection.sent == 2
+        info = cast(dict[str, Any], conn.info("commandstats"))
+        assert info["cmdstat_evalsha"]["calls"] == 2
+    finally:
+        conn.close()
+        pool.disconnect()
+
+
+def test_keys_share_the_provider_hash_tag(store: RedisStore) -> None:
+    keys = [store.key(PROVIDER), store.key(MODEL), store.key(Scope("sambanova", "llama-8b"))]
+    assert keys[:2] == ["test:cb:{sambanova}:p", "test:cb:{sambanova}:m:llama-70b"]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert key_slot(store.key(Scope("openai")).encode()) != key_slot(keys[0].encode())
+
+
+def test_every_write_sets_pexpire(client: redis.Redis, store: RedisStore) -> None:
+    res, _ = store.acquire([(PROVIDER, POLICY), (MODEL, POLICY)])
+    store.record([(g, POLICY) for g in res.grants], OK, jitter=0)
+    for scope in (PROVIDER, MODEL):
+        ttl = cast(int, client.pttl(store.key(scope)))
+        assert 0 < ttl <= POLICY.ttl_ms()
+
+
+def test_sticky_states_do_not_expire(client: redis.Redis, store: RedisStore) -> None:
+    store.control(MODEL, POLICY, "force_open")
+    assert client.pttl(store.key(MODEL)) == -1
+    store.control(MODEL, POLICY, "reset")
+    assert 0 < cast(int, client.pttl(store.key(MODEL))) <= POLICY.ttl_ms()
+    res, _ = store.acquire([(MODEL, POLICY)])
+    (tr,) = store.record([(res.grants[0], POLICY)], Outcome(OutcomeClass.CREDENTIAL), jitter=0)
+    assert tr.trigger == "credential"
+    assert client.pttl(store.key(MODEL)) == -1
+
+
+def test_state_stays_constant_size_over_10k_records(client: redis.Redis, store: RedisStore) -> None:
+    key = store.key(MODEL)
+    grant = ScopeGrant(MODEL, 0, None)
+    max_fields = 0
+    pipe_every = 500
+    for i in range(10_000):
+        store.record([(grant, POLICY)], FAIL if i % 4 else OK, jitter=0)
+        if i % pipe_every == 0:
+            max_fields = max(max_fields, cast(int, client.hlen(key)))
+    max_fields = max(max_fields, cast(int, client.hlen(key)))
+    assert max_fields <= 17 + 3 * POLICY.buckets
+    snap = store.snapshot(MODEL, POLICY)
+    assert 0 < snap.calls <= 10_000
+    assert snap.failures <= snap.calls
+
+
+def test_scripts_reload_after_script_flush(client: redis.Redis, store: RedisStore) -> None:
+    assert store.acquire([(MODEL, POLICY)])[0].allowed
+    client.script_flush()
+    res, _ = store.acquire([(MODEL, POLICY)])
+    assert res.allowed
+    assert store.record([(res.grants[0], POLICY)], OK, jitter=0) == []
+    assert store.control(MODEL, POLICY, "disable").to_state == "disabled"
+
+
+def test_works_with_a_decoding_client(redis_url: str) -> None:
+    conn = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+    try:
+        store = RedisStore(conn, namespace="dec")
+        store.control(MODEL, POLICY, "force_open")
+        res, _ = store.acquire([(PROVIDER, POLICY), (MODEL, POLICY)])
+        assert (res.rejected_scope, res.reason) == (MODEL, "forced_open")
+        assert store.scopes() == [MODEL]
+        assert store.snapshot(MODEL, POLICY).state == "forced_open"
+    finally:
+        conn.close()
+
+
+def test_scopes_lists_only_this_namespace(client: redis.Redis, store: RedisStore) -> None:
+    other = RedisStore(client, namespace="other")
+    res, _ = store.acquire([(PROVIDER, POLICY), (MODEL, POLICY)])
+    store.record([(g, POLICY) for g in res.grants], OK, jitter=0)
+    other.control(Scope("openai"), POLICY, "force_open")
+    client.set("test:cb:garbage", "1")
+    assert store.scopes() == [PROVIDER, MODEL]
+    assert other.scopes() == [Scope("openai")]
+
+
+@pytest.mark.parametrize("namespace", ["", "a{b}", "with space", "star*"])
+def test_bad_namespace_is_refused(client: redis.Redis, namespace: str) -> None:
+    with pytest.raises(PolicyError, match="namespace"):
+        RedisStore(client, namespace=namespace)
+
+
+def _exercise(store: RedisStore) -> None:
+    """Every store method must raise StoreUnavailable (never a RedisError, never 'healthy')."""
+    grant = ScopeGrant(MODEL, 0, None)
+    calls = [
+        lambda: store.acquire([(MODEL, POLICY)]),
+        lambda: store.record([(grant, POLICY)], FAIL, jitter=0),
+        lambda: store.control(MODEL, POLICY, "reset"),
+        lambda: store.snapshot(MODEL, POLICY),
+        store.scopes,
+        store.ping,
+    ]
+    for call in calls:
+        with pytest.raises(StoreUnavailable) as info:
+            call()
+        assert isinstance(info.value.__cause__, redis.RedisError)
+
+
+def test_paused_redis_raises_store_unavailable(redis_container: RedisContainer) -> None:
+    conn = redis_container.client(socket_timeout=0.3, socket_connect_timeout=0.3)
+    store = RedisStore(conn, namespace="test")
+    assert store.acquire([(MODEL, POLICY)])[0].allowed
+    redis_container.pause()
+    try:
+        _exercise(store)
+    finally:
+        redis_container.unpause()
+    store.ping()  # rejoins once Redis answers
+    assert store.acquire([(MODEL, POLICY)])[0].allowed
+    conn.close()
+
+
+def test_killed_redis_raises_store_unavailable(redis_container: RedisContainer) -> None:
+    conn = redis_container.client(socket_timeout=0.3, socket_connect_timeout=0.3)
+    store = RedisStore(conn, namespace="test")
+    store.control(MODEL, POLICY, "force_open")
+    redis_container.kill()
+    _exercise(store)
+    redis_container.restart()
+    store.ping()
+    res, _ = store.acquire([(MODEL, POLICY)])
+    assert res.reason == "forced_open"  # state survived the restart (AOF)
+    conn.close()
