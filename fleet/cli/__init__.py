@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from fleet.cli import breakers_cmd, demo_cmd, jobs_cmd, registry_cmd, sim_cmd
+from fleet.cli import breakers_cmd, demo_cmd, escalations_cmd, jobs_cmd, registry_cmd, sim_cmd
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -27,7 +27,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    for module in (registry_cmd, breakers_cmd, sim_cmd, jobs_cmd, demo_cmd):
+    for module in (registry_cmd, breakers_cmd, sim_cmd, jobs_cmd, escalations_cmd, demo_cmd):
         module.register(app)
     return app
 
