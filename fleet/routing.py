@@ -12,7 +12,8 @@ still need this poll as a backstop.
 If Redis does not answer, routing goes on with the last preset it knew (``Route.stale`` is
 True) and logs one warning per outage, not one per call; with nothing ever read it uses the
 registry's ``default_preset`` and says so. During an outage it re-tries Redis at most once per
-``preset_cache_s``, so callers do not each pay a socket timeout.
+``max(preset_cache_s, OUTAGE_RETRY_S)``, so callers do not each pay a socket timeout (even
+with ``FLEET_PRESET_CACHE_S=0``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from fleet.registry import ModelInfo, Registry, TaskProfile
 from fleet.settings import FleetSettings
 
 log = logging.getLogger("fleet.routing")
+
+#: Shortest pause between two preset reads while Redis is failing (seconds).
+OUTAGE_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class Router:
             try:
                 fresh = self.store.active()
             except StateUnavailable as exc:
+                self._next_check = now + max(self.settings.preset_cache_s, OUTAGE_RETRY_S)
                 return self._keep_last(exc)
             if fresh.name not in self.registry.presets:
                 return self._keep_last(
@@ -149,4 +154,4 @@ class Router:
         return stale
 
 
-__all__ = ["Route", "Router"]
+__all__ = ["OUTAGE_RETRY_S", "Route", "Router"]

@@ -18,7 +18,7 @@ from fleet.errors import MissingCredential, PresetError, StateUnavailable
 from fleet.presets import PresetStore
 from fleet.redis_client import make_redis
 from fleet.registry import Registry, load_registry
-from fleet.routing import Router
+from fleet.routing import OUTAGE_RETRY_S, Router
 from fleet.settings import FleetSettings
 from fleet.testing import free_port, wait_until
 from fleet.testing.redis_container import RedisContainer
@@ -186,7 +186,7 @@ CHILD = """
 import sys, time
 from fleet.redis_client import make_redis
 from fleet.registry import load_registry
-from fleet.routing import Router
+from fleet.routing import OUTAGE_RETRY_S, Router
 from fleet.settings import FleetSettings
 
 settings = FleetSettings.load()
@@ -283,3 +283,17 @@ def test_redis_down_before_any_read_routes_on_the_default_and_says_so(
     assert (route.preset, route.preset_version, route.stale) == ("local", 0, True)
     (record,) = [r for r in caplog.records if "preset_state_unavailable" in r.getMessage()]
     assert "no preset read yet, using registry default 'local'" in record.getMessage()
+
+
+def test_an_outage_costs_one_redis_attempt_per_retry_period_not_one_per_call(
+    registry: Registry,
+) -> None:
+    settings = FleetSettings.load(redis_url=f"redis://127.0.0.1:{free_port()}/0", preset_cache_s=0)
+    clock = Clock()
+    router = Router(settings, registry, make_redis(settings), clock=clock)
+    for _ in range(50):
+        assert router.route("classification").stale
+    assert router.preset_reads == 1
+    clock.advance(OUTAGE_RETRY_S)
+    router.route("classification")
+    assert router.preset_reads == 2
