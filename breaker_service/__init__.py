@@ -29,6 +29,7 @@ from breaker_service.store.base import (
     Transition,
 )
 from breaker_service.store.memory import MemoryStore
+from breaker_service.store.redis import RedisStore
 
 __all__ = [
     "AcquireResult",
@@ -47,6 +48,7 @@ __all__ = [
     "OutcomeClass",
     "Permit",
     "PolicyError",
+    "RedisStore",
     "Rejection",
     "Scope",
     "ScopeGrant",

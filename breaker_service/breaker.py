@@ -49,6 +49,7 @@ from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
 from breaker_service.store.base import AcquireResult, BreakerStore, ScopeGrant, ScopeSnapshot
 from breaker_service.store.memory import MemoryStore
+from breaker_service.store.redis import RedisStore
 
 if TYPE_CHECKING:
     from breaker_service.store.base import Transition
@@ -218,8 +219,6 @@ class FleetBreaker:
     ) -> FleetBreaker:
         """A breaker on the Redis store of ``client`` with the events stream, fallback mode and
         worker id from ``settings`` (``FLEET_NAMESPACE``, ``FLEET_BREAKER_FALLBACK``...)."""
-        from breaker_service.store.redis import RedisStore  # noqa: PLC0415 - not yet merged
-
         return cls(
             RedisStore(client, namespace=settings.namespace),
             policy_for,

@@ -29,10 +29,12 @@ import redis
 from breaker_service import (
     BreakerListener,
     BreakerPolicy,
+    EventLog,
     FleetBreaker,
     Outcome,
     OutcomeClass,
     Permit,
+    RedisStore,
     Rejection,
     Scope,
     StoreGuard,
@@ -179,9 +181,6 @@ def main() -> None:
 
 
 def _parts(settings: FleetSettings, policy: BreakerPolicy) -> dict[str, Any]:
-    from breaker_service import EventLog
-    from breaker_service.store.redis import RedisStore
-
     client = make_redis(settings)
     return {
         "store": RedisStore(client, namespace=settings.namespace),

@@ -25,6 +25,7 @@ from breaker_service.events import BreakerEvent, EventLog
 from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
 from breaker_service.store.base import BreakerStore, ControlAction, ScopeSnapshot
+from breaker_service.store.redis import RedisStore
 from fleet.errors import ConfigError
 from fleet.redis_client import make_redis
 from fleet.registry import Registry, load_registry
@@ -61,19 +62,13 @@ class _Env:
         return scopes
 
 
-def _make_store(client: redis.Redis, namespace: str) -> BreakerStore:
-    from breaker_service.store.redis import RedisStore  # noqa: PLC0415 - being merged
-
-    return RedisStore(client, namespace=namespace)
-
-
 def _env() -> _Env:
     settings = FleetSettings.load()
     client = make_redis(settings)
     return _Env(
         settings=settings,
         client=client,
-        store=_make_store(client, settings.namespace),
+        store=RedisStore(client, namespace=settings.namespace),
         events=EventLog(client, namespace=settings.namespace, maxlen=settings.events_maxlen),
         registry=load_registry(settings.registry_path),
     )
