@@ -289,12 +289,13 @@ class EscalationQueue:
         return len(found)
 
     # -- requeue, resolve, purge ----------------------------------------------------------
-    def _claim(self, entry_id: str, *, actor: str, auto: bool) -> int:
+    def _claim(self, entry_id: str, *, actor: str, auto: bool, force: bool = False) -> int:
         fields = {"requeued_by": actor, "requeued_at": repr(self._clock())}
         if auto:
             fields["auto_replayed"] = "1"
+        allowed: tuple[Status, ...] = ("open", "requeued") if force else ("open",)
         code, _status = self._store.transition(
-            entry_id, allowed=("open",), to="requeued", replay_delta=1, once=auto, fields=fields
+            entry_id, allowed=allowed, to="requeued", replay_delta=1, once=auto, fields=fields
         )
         if code == 0:
             raise EscalationNotFound(f"no escalation entry {entry_id!r}")
@@ -316,19 +317,22 @@ class EscalationQueue:
             )  # fmt: skip
             raise
 
-    def requeue(self, entry_id: str, *, actor: str) -> EscalationEntry:
+    def requeue(self, entry_id: str, *, actor: str, force: bool = False) -> EscalationEntry:
         """Requeue one open entry's job to its original queue (at most once per call).
 
         Raises :class:`EscalationNotFound`, or :class:`EscalationConflict` when the entry is
-        not open (already requeued or resolved). If the requeue callback raises, the entry is
-        open again and the error propagates.
+        not open (already requeued or resolved). ``force=True`` also requeues a ``requeued``
+        entry again (e.g. the process died between the claim and the hand-off); resolved
+        entries never. If the requeue callback raises, the entry is open again and the error
+        propagates.
         """
-        code = self._claim(entry_id, actor=actor, auto=False)
+        code = self._claim(entry_id, actor=actor, auto=False, force=force)
         if code != 1:
             current = self.get(entry_id)
+            hint = "" if force or current.status == "resolved" else "; --force requeues it again"
             raise EscalationConflict(
                 f"escalation {entry_id} is {current.status}, not open: only open entries can be "
-                "requeued (list them with `fleet escalations list --status open`)"
+                f"requeued{hint}"
             )
         entry = self.get(entry_id)
         self._requeue_claimed(entry, auto=False)

@@ -148,8 +148,12 @@ def test_requeue_sends_the_job_back_to_its_queue(
     [message] = queued_messages(client)
     assert entry["job_id"].encode() in message
     code, out = run(env, "requeue", entry_id)
-    assert code == 1 and "not open" in out
+    assert code == 1 and "not open" in out and "--force" in out
     assert len(queued_messages(client)) == 1
+    # --force hands a requeued entry over once more (e.g. the first hand-off was lost).
+    code, out = run(env, "requeue", entry_id, "--force", "--json")
+    assert code == 0, out
+    assert json.loads(out)[0]["replay_count"] == 2
 
 
 def test_requeue_matching_and_all(
@@ -174,6 +178,7 @@ def test_requeue_matching_and_all(
         (("--all", "--matching", "--reason", "x"), "exactly one of"),
         (("--matching",), "needs a filter"),
         (("--all", "--reason", "x"), "only apply with --matching"),
+        (("--all", "--force"), "--force only applies"),
     ],
 )
 def test_requeue_usage_errors_exit_2(

@@ -183,6 +183,13 @@ def test_requeue_claims_once_and_hands_job_to_callback(
     assert len(sink.jobs()) == 1
     with pytest.raises(EscalationNotFound):
         queue.requeue("missing", actor="bob")
+    forced = queue.requeue(entry_id, actor="bob", force=True)
+    assert (forced.status, forced.replay_count, forced.requeued_by) == ("requeued", 2, "bob")
+    assert len(sink.jobs()) == 2
+    queue.resolve(entry_id, note="done", actor="bob")
+    with pytest.raises(EscalationConflict, match="resolved"):
+        queue.requeue(entry_id, actor="bob", force=True)
+    assert len(sink.jobs()) == 2
     assert_indexes_consistent(fleet_settings, client)
 
 

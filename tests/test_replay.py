@@ -21,6 +21,7 @@ from fleet.redis_client import make_redis
 from fleet.registry import load_registry
 from fleet.replay import AutoReplayListener, registry_auto_replay
 from fleet.settings import FleetSettings
+from fleet.testing import wait_until
 from fleet.types import Attempt
 
 POLICY = BreakerPolicy(
@@ -174,3 +175,34 @@ def test_listener_never_raises_and_leaves_entries_open_on_failure(
     entry = broken.get(entry_id)
     assert (entry.status, entry.auto_replayed) == ("open", False)
     assert "auto-replay failed breaker=sim-primary" in caplog.text
+
+
+def test_shared_redis_breaker_closing_replays_through_the_listener(
+    fleet_settings: FleetSettings, queue: EscalationQueue, client: redis.Redis
+) -> None:
+    policy = POLICY.model_copy(update={"open_base_ms": 10})
+    breaker = FleetBreaker.from_settings(
+        fleet_settings, client, lambda scope: policy, listeners=[AutoReplayListener(queue)]
+    )
+    sink = RedisRequeue(client)
+    try:
+        park(queue, "j1", "data_collection")
+        park(queue, "j2", "gap_analysis")
+        for _ in range(2):
+            permit = breaker.acquire([PRIMARY])
+            assert isinstance(permit, Permit)
+            breaker.record(permit, Outcome(OutcomeClass.FAILURE))
+        assert breaker.snapshot(PRIMARY).state == "open"
+        assert sink.job_ids() == []
+
+        def probe() -> Permit | None:
+            got = breaker.acquire([PRIMARY])
+            return got if isinstance(got, Permit) else None
+
+        granted = wait_until(probe, timeout_s=10, message="half-open probe granted")
+        assert granted.decision == "probe"
+        breaker.record(granted, Outcome(OutcomeClass.SUCCESS))
+        assert breaker.snapshot(PRIMARY).state == "closed"
+        assert sink.job_ids() == ["j1"]
+    finally:
+        breaker.close()

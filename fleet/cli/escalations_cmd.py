@@ -235,6 +235,12 @@ def requeue_cmd(
     task_type: TaskTypeOpt = None,
     provider: ProviderOpt = None,
     older_than: OlderOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="With an ID: requeue an entry already marked requeued once more."
+        ),
+    ] = False,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -247,10 +253,12 @@ def requeue_cmd(
         raise typer.BadParameter("--matching needs a filter (--reason, --task-type, ...); or --all")
     if has_filters and not matching:
         raise typer.BadParameter("filters only apply with --matching")
+    if force and entry_id is None:
+        raise typer.BadParameter("--force only applies to one entry ID")
     who = actor or _default_actor()
     with _exit_codes(), _queue() as queue:
         if entry_id is not None:
-            done = [queue.requeue(entry_id, actor=who)]
+            done = [queue.requeue(entry_id, actor=who, force=force)]
         else:
             done = queue.requeue_matching(actor=who, **filters)
     if as_json:
