@@ -39,7 +39,7 @@ CREDENTIAL = Outcome(OutcomeClass.CREDENTIAL, status=401)
 def pol(**kw: Any) -> BreakerPolicy:
     """A test policy: small times, only the rule under test reachable unless overridden."""
     base: dict[str, Any] = {
-        "window_ms": 2_000,
+        "window_ms": 60_000,  # tests about sliding set their own
         "buckets": 10,
         "minimum_calls": 4,
         "failure_rate_threshold": 0.5,
@@ -102,9 +102,8 @@ class Harness:
 def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
     """The store under test: ``memory`` (fake clock) or ``redis`` (real server time)."""
     if request.param == "memory":
-        harness = Harness("memory", MemoryStore())
-        harness.store = MemoryStore(clock_ms=lambda: harness.clock[0])
-        yield harness
+        clock = [1_000_000]
+        yield Harness("memory", MemoryStore(clock_ms=lambda: clock[0]), clock)
         return
     url = request.getfixturevalue("redis_url")
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
@@ -263,7 +262,7 @@ def test_open_moves_to_half_open_exactly_once_under_concurrency(h: Harness) -> N
 
 
 def test_probe_limit_and_lease_expiry(h: Harness) -> None:
-    p = pol(consecutive_failures=1, open_base_ms=100, half_open_max_probes=2, probe_lease_ms=400)
+    p = pol(consecutive_failures=1, open_base_ms=100, half_open_max_probes=2, probe_lease_ms=1_500)
     trip(h, p)
     h.elapse(100)
     first, _ = h.store.acquire([(MODEL, p)])
@@ -271,10 +270,10 @@ def test_probe_limit_and_lease_expiry(h: Harness) -> None:
     third, _ = h.store.acquire([(MODEL, p)])
     assert first.allowed and second.allowed
     assert (third.allowed, third.reason) == (False, "half_open_full")
-    assert 0 < third.retry_after_ms <= 400
+    assert 0 < third.retry_after_ms <= 1_500
     assert h.store.snapshot(MODEL, p).probes_in_flight == 2
     # both probers die without recording: their leases expire and free the slots
-    h.elapse(400)
+    h.elapse(1_500)
     assert h.store.snapshot(MODEL, p).probes_in_flight == 0
     again, trs = h.store.acquire([(MODEL, p)])
     assert again.allowed and again.grants[0].probe_token
@@ -477,11 +476,11 @@ def test_control_rejects_unknown_action(h: Harness) -> None:
 
 
 def test_window_slides_old_failures_expire(h: Harness) -> None:
-    p = pol(minimum_calls=4, window_ms=1_000, buckets=10)
+    p = pol(minimum_calls=4, window_ms=2_000, buckets=10)
     for _ in range(3):
         assert h.call(FAIL, p)[1] == []
     assert h.store.snapshot(MODEL, p).calls == 3
-    h.elapse(1_000)
+    h.elapse(2_000)
     assert h.store.snapshot(MODEL, p).calls == 0
     assert h.call(FAIL, p)[1] == []  # only 1 call in the window now: no trip
     snap = h.store.snapshot(MODEL, p)
@@ -504,12 +503,12 @@ def test_snapshot_fields(h: Harness) -> None:
 
 
 def test_state_is_constant_size_after_many_records(h: Harness) -> None:
-    p = pol(window_ms=1_000, buckets=10, minimum_calls=10**6)
+    p = pol(window_ms=2_000, buckets=10, minimum_calls=10**6)
     for i in range(2_000):
         res, _ = h.store.acquire([(MODEL, p)])
         h.store.record([(res.grants[0], p)], FAIL if i % 3 else OK, jitter=0)
         if i % 500 == 0:
-            h.elapse(150)  # move through several buckets
+            h.elapse(300)  # move through several buckets
     snap = h.store.snapshot(MODEL, p)
     assert snap.state == "closed"
     assert 0 < snap.calls <= 2_000
@@ -537,3 +536,25 @@ def test_scope_round_trips_and_sorts() -> None:
 def test_scope_parse_rejects_bad_text(text: str) -> None:
     with pytest.raises(PolicyError, match=r"provider|model|scope"):
         Scope.parse(text)
+
+
+def test_store_package_exports() -> None:
+    import breaker_service.store as pkg
+
+    assert sorted(pkg.__all__) == sorted(
+        [
+            "FORCED_OPEN_RETRY_AFTER_MS",
+            "AcquireResult",
+            "BreakerStore",
+            "ControlAction",
+            "MemoryStore",
+            "RedisStore",
+            "RejectReason",
+            "ScopeGrant",
+            "ScopeSnapshot",
+            "State",
+            "Transition",
+            "Trigger",
+        ]
+    )
+    assert all(hasattr(pkg, name) for name in pkg.__all__)

@@ -24,7 +24,7 @@ MODEL = Scope("sambanova", "llama-70b")
 FAIL = Outcome(OutcomeClass.FAILURE, latency_ms=5)
 OK = Outcome(OutcomeClass.SUCCESS, latency_ms=5)
 POLICY = BreakerPolicy(
-    window_ms=1_000,
+    window_ms=2_000,
     buckets=10,
     minimum_calls=10**6,
     consecutive_failures=10**6,
@@ -201,3 +201,13 @@ def test_killed_redis_raises_store_unavailable(redis_container: RedisContainer) 
     res, _ = store.acquire([(MODEL, POLICY)])
     assert res.reason == "forced_open"  # state survived the restart (AOF)
     conn.close()
+
+
+def test_long_retry_after_outlives_the_key_ttl(client: redis.Redis, store: RedisStore) -> None:
+    p = BreakerPolicy(consecutive_failures=1, open_base_ms=1_000, open_cap_ms=1_000)
+    limited = Outcome(OutcomeClass.RATE_LIMITED, status=429, retry_after_ms=3_600_000)
+    res, _ = store.acquire([(MODEL, p)])
+    (tr,) = store.record([(res.grants[0], p)], limited, jitter=0)
+    assert tr.open_until_ms is not None
+    assert tr.open_until_ms - tr.at_ms == 3_600_000
+    assert cast(int, client.pttl(store.key(MODEL))) > 3_600_000 > p.ttl_ms()

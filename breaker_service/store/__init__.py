@@ -1,9 +1,4 @@
-"""Breaker stores: the contract and its in-memory and Redis implementations.
-
-``RedisStore`` is imported lazily (``from breaker_service.store.redis import RedisStore``) by
-callers that have Redis; the contract and ``MemoryStore`` need nothing beyond the standard
-library.
-"""
+"""Breaker stores: the contract (:mod:`.base`) and its in-memory and Redis implementations."""
 
 from breaker_service.store.base import (
     FORCED_OPEN_RETRY_AFTER_MS,
@@ -18,6 +13,7 @@ from breaker_service.store.base import (
     Trigger,
 )
 from breaker_service.store.memory import MemoryStore
+from breaker_service.store.redis import RedisStore
 
 __all__ = [
     "FORCED_OPEN_RETRY_AFTER_MS",
@@ -25,6 +21,7 @@ __all__ = [
     "BreakerStore",
     "ControlAction",
     "MemoryStore",
+    "RedisStore",
     "RejectReason",
     "ScopeGrant",
     "ScopeSnapshot",

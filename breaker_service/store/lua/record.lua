@@ -16,7 +16,8 @@ The window is a ring of `buckets` buckets in the same hash (fields b<i>c, b<i>f,
 running totals C, F, S and the newest bucket index hd; expired buckets are subtracted when
 hd moves (O(1) amortised, constant memory). An outcome of an older generation only updates
 the window and the consecutive counter, never the state. ignored outcomes only free a probe
-lease. Every write is followed by PEXPIRE ttl_ms, except in the sticky states (forced_open,
+lease. Every write is followed by PEXPIRE ttl_ms (or longer, when an open period stretched by
+Retry-After ends later than that), except in the sticky states (forced_open,
 forced_closed, disabled, and open after a credential error, with no open_until), which must
 not expire on their own: those keys are PERSISTed until an operator changes the state.
 ]]
@@ -183,7 +184,10 @@ for i = 1, #KEYS do
       or (s.st == 'open' and not s.ou) then
     redis.call('PERSIST', key)  -- sticky states last until an operator changes them
   else
-    redis.call('PEXPIRE', key, pol.ttl)
+    -- an open period stretched by Retry-After or jitter beyond the cap must outlive the key
+    local ttl = pol.ttl
+    if s.ou then ttl = math.max(ttl, s.ou - now + 60000) end
+    redis.call('PEXPIRE', key, ttl)
   end
 end
 return transitions
