@@ -4,6 +4,7 @@ A worker parks a job under the ``escalate`` policy (:meth:`EscalationQueue.park`
 list, show, requeue or resolve entries (``fleet escalations ...``); and when a breaker that
 caused escalations closes again, :class:`fleet.replay.AutoReplayListener` requeues the entries
 it caused, once each, oldest first, for task types whose profile sets ``auto_replay``.
+When Sentry is enabled (:func:`fleet.sentry.init_sentry`), every parked entry is reported.
 
 Entries live in Redis (see :mod:`fleet.escalation_store` for keys and atomicity) and survive
 worker crashes and a Redis restart with AOF on. Requeue is at most once per operation: the
@@ -128,6 +129,20 @@ def _registry_auto_replay(settings: FleetSettings) -> Callable[[str], bool]:
     return enabled
 
 
+def _report(entry: EscalationEntry) -> None:
+    """Send the entry to Sentry when :func:`fleet.sentry.init_sentry` enabled it."""
+    import sentry_sdk  # noqa: PLC0415 - cheap after the first import
+
+    if not sentry_sdk.get_client().is_active():
+        return
+    from fleet.sentry import report_escalation  # noqa: PLC0415 - sentry imports this module
+
+    try:
+        report_escalation(entry)
+    except Exception:  # a monitoring failure must never lose or fail the escalation
+        log.exception("escalation not reported to Sentry entry=%s", entry.id)
+
+
 class EscalationQueue:
     """Client of the durable escalation queue (one per process; cheap to create).
 
@@ -200,6 +215,7 @@ class EscalationQueue:
 
         fields = self._store.insert(job_id=job_id, created_at=now, build=build)
         entry = _entry(fields)
+        _report(entry)
         log.warning(
             "escalation parked entry=%s job=%s task_type=%s reason=%s policy=%s scopes=%s",
             entry.id, job_id, task_type, reason, policy, ",".join(scopes),

@@ -197,3 +197,33 @@ def test_secret_values_cover_registry_env_names_and_redis_passwords(tmp_path: Pa
     )
     assert found == {"acme-secret-1", "hunter2-redis"}
     assert "SAMBANOVA_API_KEY" in registry_key_envs(FleetSettings.load())
+
+
+def test_parked_escalations_reach_sentry_when_enabled(
+    transport: CapturingTransport, settings: FleetSettings, redis_url: str
+) -> None:
+    from fleet.escalation import EscalationQueue
+    from fleet.redis_client import make_redis
+
+    on_redis = FleetSettings.load(redis_url=redis_url, namespace="test")
+    client = make_redis(on_redis)
+    try:
+        queue = EscalationQueue(on_redis, client, lambda job: None)
+        attempt = Attempt(model="sim-backup/m", provider="sim-backup", outcome="failure")
+        parked = queue.park(
+            job={"job_id": "j1"}, reason="all_routes_failed", policy="escalate",
+            task_type="summary", attempts=[attempt], queue="celery",
+        )  # fmt: skip
+        assert transport.events() == []  # Sentry off: nothing sent
+        init_sentry(settings, transport=transport)
+        queue.park(
+            job={"job_id": "j2"}, reason="redeliveries_exhausted", policy="escalate",
+            task_type="summary", attempts=[attempt], queue="celery",
+        )  # fmt: skip
+        [event] = transport.events()
+        assert event["tags"]["reason"] == "redeliveries_exhausted"
+        assert event["tags"]["provider"] == "sim-backup"
+        assert event["contexts"]["escalation"]["job_id"] == "j2"
+        assert parked.id != event["contexts"]["escalation"]["entry_id"]
+    finally:
+        client.close()
