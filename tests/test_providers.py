@@ -336,3 +336,36 @@ def test_request_validation_names_the_field() -> None:
         CompletionRequest("m", [], 0, 0.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="total_timeout_s"):
         CompletionRequest("m", [], 1, 0.0, 1.0, 0.0)
+
+
+def test_connect_deadline_holds_against_a_full_accept_queue(http: httpx.Client) -> None:
+    """A listener that never accepts, with its backlog full, drops SYNs: connect hangs."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(10):  # fill the accept queue until a connect itself times out
+            filler = socket.socket()
+            fillers.append(filler)
+            filler.settimeout(0.2)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+        else:
+            pytest.fail("could not fill the accept queue")
+        provider = Provider(name="full", base_url=f"http://127.0.0.1:{port}/v1")
+        client = make_provider_client(provider, http, environ={KEY_ENV: SECRET})
+        slow_connect = CompletionRequest("m", [{"role": "user", "content": "x"}], 5, 0.0, 0.3, 5.0)
+        started = time.monotonic()
+        with pytest.raises(ProviderError) as info:
+            client.complete(slow_connect)
+        elapsed = time.monotonic() - started
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+    assert info.value.transport_error == "timeout"
+    assert "ConnectTimeout" in str(info.value)
+    assert elapsed < 0.3 + 1.0, f"connect held {elapsed:.2f}s for a 0.3s connect deadline"
+    print(f"connect: overshoot past deadline {(elapsed - 0.3) * 1000:.0f} ms")
