@@ -102,6 +102,9 @@ def test_list_filters_and_json(
     code, table = run(env, "list")
     assert code == 0
     assert old in table and "gap_analysis" in table and "1h00m" in table
+    code, narrow = run({**env, "COLUMNS": "80"}, "list")
+    assert code == 0
+    assert all(entry_id in narrow for entry_id in (old, other, new))  # ids are never elided
 
 
 def test_count_and_bad_filters(
