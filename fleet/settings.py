@@ -7,8 +7,10 @@ the environment variable and says how to fix it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,14 +129,42 @@ class FleetSettings(BaseSettings):
     def load(cls, **overrides: Any) -> FleetSettings:
         """Read settings from the environment plus ``overrides``.
 
-        Raises :class:`ConfigError` naming each invalid ``FLEET_*`` variable and the fix.
+        Raises :class:`ConfigError` naming each invalid ``FLEET_*`` variable and the fix,
+        including ``FLEET_*`` variables that name no setting (a typo would otherwise be
+        dropped silently and the default used).
         """
+        problems = unknown_env_vars(os.environ)
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         except ValidationError as exc:
-            problems = []
             for err in exc.errors():
                 loc = [str(p) for p in err["loc"]]
                 var = ENV_PREFIX + loc[0].upper() if loc else "FLEET_* (settings)"
                 problems.append(f"{var}: {err['msg']}")
             raise ConfigError("invalid agent-fleet settings", problems) from exc
+        if problems:
+            raise ConfigError("invalid agent-fleet settings", problems)
+        return settings
+
+
+# FLEET_* variables read by tooling rather than by FleetSettings.
+TOOLING_ENV_VARS = frozenset({"FLEET_REDIS_IMAGE", "FLEET_SIM_IMAGE", "FLEET_REQUIRE_DOCKER"})
+TOOLING_ENV_PREFIXES = ("FLEET_TEST_",)
+
+
+def unknown_env_vars(environ: Mapping[str, str]) -> list[str]:
+    """Problems for ``FLEET_*`` variables that match no setting, with the closest name."""
+    fields = {ENV_PREFIX + name.upper() for name in FleetSettings.model_fields}
+    problems = []
+    for var in sorted(environ):
+        if (
+            not var.startswith(ENV_PREFIX)
+            or var in fields
+            or var in TOOLING_ENV_VARS
+            or var.startswith(TOOLING_ENV_PREFIXES)
+        ):
+            continue
+        close = difflib.get_close_matches(var, sorted(fields), n=1)
+        hint = f"did you mean {close[0]}?" if close else "unset it"
+        problems.append(f"{var}: no such setting; {hint} (settings: fleet/settings.py)")
+    return problems

@@ -92,3 +92,21 @@ def test_time_limits_must_nest_and_the_message_names_the_variable(
 def test_unknown_override_is_refused_not_dropped() -> None:
     with pytest.raises(ConfigError, match="FLEET_REDIS_ULR"):
         FleetSettings.load(redis_ulr="redis://127.0.0.1:6379/0")
+
+
+def test_a_misspelt_fleet_variable_is_refused_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLEET_REDIS_ULR", "redis://127.0.0.1:1/0")
+    with pytest.raises(ConfigError) as info:
+        FleetSettings.load()
+    assert info.value.problems == [
+        "FLEET_REDIS_ULR: no such setting; did you mean FLEET_REDIS_URL? "
+        "(settings: fleet/settings.py)"
+    ]
+
+
+def test_tooling_variables_are_not_settings_typos(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_REDIS_IMAGE", "local/redis:7")
+    monkeypatch.setenv("FLEET_REQUIRE_DOCKER", "1")
+    assert FleetSettings.load().namespace == "fleet"
