@@ -17,13 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from fleet.settings import FleetSettings
 from workers.agents.catalog import AGENTS_QUEUE, ESCALATION_QUEUE
 from workers.tasks import register_tasks
 
 RESTORE_INTERVAL_S = 5
+QUEUES = (AGENTS_QUEUE, ESCALATION_QUEUE)
 
 
 def transport_options(settings: FleetSettings) -> dict[str, Any]:
@@ -65,7 +66,9 @@ def create_app(settings: FleetSettings | None = None) -> Celery:
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
         task_default_queue=AGENTS_QUEUE,
-        task_queues=(Queue(AGENTS_QUEUE), Queue(ESCALATION_QUEUE)),
+        task_queues=tuple(Queue(q, Exchange(q), routing_key=q) for q in QUEUES),
+        task_default_exchange=AGENTS_QUEUE,
+        task_default_routing_key=AGENTS_QUEUE,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,

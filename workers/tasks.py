@@ -27,7 +27,7 @@ from fleet.errors import AllRoutesFailed, CallerError, StateUnavailable
 from fleet.jobs import TASK_NAME, AgentJob, JobClient
 from fleet.jobstore import TERMINAL_STATES
 from fleet.redis_client import make_redis
-from fleet.settings import FleetSettings
+from fleet.settings import FleetSettings, default_worker_id
 from fleet.stepcache import StepCacheMiddleware
 from workers import policy
 from workers.agents.catalog import load_catalog
@@ -49,7 +49,10 @@ class RuntimeHolder:
     def get(self) -> WorkerRuntime:
         """This process's runtime, built (and its FleetClient installed) on first use."""
         if self._runtime is None or self._pid != os.getpid():
-            self._runtime = build_runtime(self.settings, self.app)
+            settings = self.settings
+            if "FLEET_WORKER_ID" not in os.environ:  # name this pool process, not the parent
+                settings = settings.model_copy(update={"worker_id": default_worker_id()})
+            self._runtime = build_runtime(settings, self.app)
             self._pid = os.getpid()
         return self._runtime
 

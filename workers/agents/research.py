@@ -1,5 +1,5 @@
 """A two-agent research chain: research (task type ``data_collection``) -> summary (task type
-``content_scraping``)::
+``content_scraping``), and ``research.brief`` doing both steps inside one job::
 
     fleet.jobs.submit_pipeline(RESEARCH_CHAIN, {"topic": "circuit breakers"})
 """
@@ -36,3 +36,11 @@ def summary(state: ResearchState) -> ResearchState:
     """Summarise the findings (one ``llm_call``)."""
     messages = [{"role": "user", "content": f"Summarise: {state.findings or state.topic}"}]
     return state.model_copy(update={"summary": llm_call("content_scraping", messages).text})
+
+
+@agent("research.brief", "data_collection", payload_model=ResearchState)
+def brief(state: ResearchState) -> ResearchState:
+    """Research then summarise in one job (two ``llm_call`` steps: a redelivered job reuses
+    the first step from the step cache)."""
+    findings = research(state)
+    return summary(findings)
