@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import os
 import random
 import threading
 import time
@@ -99,6 +100,15 @@ class _RecordSender:
         self._busy = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+
+    def _forked(self) -> None:
+        """In a forked child (Celery prefork): no thread, fresh lock; the parent sends its own
+        pending records."""
+        self._cond = threading.Condition()
+        self._queue.clear()
+        self._busy = 0
+        self._thread = None
 
     def offer(self, pairs: GrantPairs, outcome: Outcome) -> bool:
         """Queue a record; False when the queue is full or closed (record it yourself)."""
@@ -157,6 +167,12 @@ class _RecordSender:
         """Records queued or being sent."""
         with self._cond:
             return len(self._queue) + self._busy
+
+
+def _after_fork(ref: weakref.ref[_RecordSender]) -> None:
+    sender = ref()
+    if sender is not None:
+        sender._forked()
 
 
 def _close_at_exit(ref: weakref.ref[FleetBreaker]) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +32,7 @@ from fleet.errors import ProviderError
 from fleet.settings import FleetSettings
 from fleet.testing import wait_until
 
+ROOT = Path(__file__).resolve().parent.parent
 PROV = Scope("prov")
 MODEL = Scope("prov", "m1")
 POLICY = BreakerPolicy(
@@ -287,3 +292,90 @@ def test_round_trips_per_call(breaker: FleetBreaker, client: CountingRedis) -> N
     assert ok_waited == n  # one EVALSHA (acquire) per successful call
     assert ok_total == 2 * n  # ...and its record went out in the background, not lost
     assert fail_waited == 2 * n
+
+
+def test_pending_records_are_flushed_at_interpreter_exit(fleet_settings: FleetSettings) -> None:
+    """A process that never calls close() still delivers its queued success records."""
+    code = f"""
+import redis
+from breaker_service import BreakerPolicy, FleetBreaker, RedisStore, Scope
+client = redis.Redis.from_url({fleet_settings.redis_url!r})
+fb = FleetBreaker(RedisStore(client, namespace="exit"), lambda s: BreakerPolicy(), worker_id="x")
+for _ in range(30):
+    with fb.protect([Scope("prov")]):
+        pass
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=ROOT)
+    store = RedisStore(redis.Redis.from_url(fleet_settings.redis_url), namespace="exit")
+    assert store.snapshot(PROV, BreakerPolicy()).calls == 30
+
+
+def test_forked_child_sends_its_own_records(breaker: FleetBreaker) -> None:
+    with breaker.protect([PROV]):  # the parent's sender thread is running now
+        pass
+
+    def child() -> None:
+        for _ in range(10):
+            with breaker.protect([PROV]):
+                pass
+        breaker.close(timeout_s=10)
+        sys.exit(0 if breaker.pending_records == 0 else 1)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    breaker.flush()
+    assert breaker.snapshot(PROV).calls == 11
+
+
+def test_threads_share_one_breaker(breaker: FleetBreaker) -> None:
+    def work() -> None:
+        for _ in range(25):
+            with breaker.protect([PROV, MODEL]):
+                pass
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    breaker.close()
+    assert breaker.snapshot(MODEL).calls == 200
+
+
+EXPORTED = [
+    "AcquireResult",
+    "BreakerControl",
+    "BreakerError",
+    "BreakerEvent",
+    "BreakerListener",
+    "BreakerOpen",
+    "BreakerPolicy",
+    "BreakerStore",
+    "EventLog",
+    "FleetBreaker",
+    "LoggingListener",
+    "MemoryStore",
+    "Outcome",
+    "OutcomeClass",
+    "Permit",
+    "PolicyError",
+    "Rejection",
+    "RedisStore",
+    "Scope",
+    "ScopeGrant",
+    "ScopeSnapshot",
+    "StoreGuard",
+    "StoreUnavailable",
+    "Transition",
+    "classify",
+]
+
+
+def test_public_api_is_pinned() -> None:
+    import breaker_service
+
+    assert sorted(breaker_service.__all__) == sorted(EXPORTED)
+    for name in breaker_service.__all__:
+        assert getattr(breaker_service, name).__doc__, f"{name} needs a docstring"
