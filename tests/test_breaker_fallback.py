@@ -6,21 +6,26 @@ No RedisError or StoreUnavailable may ever reach the caller.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 
 from breaker_service import (
     BreakerListener,
+    BreakerOpen,
     BreakerPolicy,
     EventLog,
     FleetBreaker,
+    LoggingListener,
+    MemoryStore,
     Outcome,
     OutcomeClass,
     Permit,
     Rejection,
     Scope,
     StoreGuard,
+    StoreUnavailable,
     Transition,
 )
 from breaker_service.breaker import Fallback
@@ -167,4 +172,54 @@ def test_no_redis_at_all_never_raises() -> None:
     with pytest.raises(ValueError), breaker.protect([PROV]):
         raise ValueError("provider down")
     assert breaker.degraded and rec.unavailable == ["local"]
+    breaker.close()
+
+
+def test_guard_opens_after_fail_max_then_lets_one_trial_through() -> None:
+    guard = StoreGuard(name="g", fail_max=2, reset_timeout_s=0.2)
+    calls: list[str] = []
+
+    def down() -> None:
+        calls.append("down")
+        raise redis.ConnectionError("refused")
+
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable, match="did not answer"):
+            guard.call(down)
+    assert guard.state == "open"
+    with pytest.raises(StoreUnavailable, match="guard g is open"):
+        guard.call(down)
+    assert calls == ["down", "down"] and guard.refused == 1
+    assert 0 < guard.retry_after_s() <= 0.2
+    result = wait_until(
+        lambda: _try(guard, lambda: "up"), timeout_s=5, message="trial after reset timeout"
+    )
+    assert result == "up" and guard.state == "closed"
+
+
+def _try(guard: StoreGuard, fn: Callable[[], str]) -> str | None:
+    try:
+        return guard.call(fn)
+    except StoreUnavailable:
+        return None
+
+
+def test_logging_listener_names_breaker_trigger_threshold_and_value(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="breaker_service.listeners")
+    breaker = FleetBreaker(
+        MemoryStore(),
+        lambda _s: POLICY,
+        worker_id="w",
+        listeners=[LoggingListener()],
+    )
+    for _ in range(3):
+        with pytest.raises(ValueError), breaker.protect([PROV]):
+            raise ValueError("down")
+    with pytest.raises(BreakerOpen), breaker.protect([PROV]):
+        pass
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "breaker=prov from=closed to=open trigger=consecutive threshold=3" in text
+    assert "value=3" in text and "rejected reason=open" in text
     breaker.close()
