@@ -146,6 +146,31 @@ def _entries_table(entries: list[EscalationEntry], title: str) -> Table:
     return table
 
 
+def _details_table(entry: EscalationEntry) -> Table:
+    created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(entry.created_at))
+    rows = [
+        ("id", entry.id),
+        ("job", entry.job_id),
+        ("status", entry.status),
+        ("task type", entry.task_type),
+        ("reason", entry.reason),
+        ("policy", entry.policy),
+        ("queue", entry.queue),
+        ("providers", ", ".join(entry.providers)),
+        ("scopes", ", ".join(entry.scopes)),
+        ("parked", f"{created} ({_age(entry.age_s(time.time()))} ago)"),
+        ("replays", f"{entry.replay_count}" + (" (auto-replayed)" if entry.auto_replayed else "")),
+        ("requeued by", entry.requeued_by or "-"),
+        ("resolved by", entry.resolved_by or "-"),
+        ("note", entry.note or "-"),
+        ("previous entry", entry.previous_id or "-"),
+    ]
+    table = Table(Column("field", style="bold"), "value", title=f"escalation {entry.id}")
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
 def _filters(
     reason: str | None, task_type: str | None, provider: str | None, older_than: str | None
 ) -> dict[str, Any]:
@@ -186,14 +211,11 @@ def show_cmd(entry_id: IdArg, as_json: JsonOpt = False) -> None:
         typer.echo(entry.model_dump_json())
         return
     console = Console()
-    console.print(_entries_table([entry], f"escalation {entry.id}"))
-    if entry.note or entry.resolved_by:
-        console.print(f"resolved by {entry.resolved_by}: {entry.note}")
-    if entry.requeued_by:
-        console.print(f"last requeued by {entry.requeued_by}")
+    console.print(_details_table(entry))
     attempts = Table(
-        "#", "model", "provider", "outcome", "status", "breaker", "latency ms", "retry after",
-        "detail", title="attempts",
+        "#", Column("model", no_wrap=True), "provider", "outcome", "status", "breaker",
+        "latency ms", "retry after", Column("detail", overflow="fold"),
+        title=f"attempts ({len(entry.attempts)})",
     )  # fmt: skip
     for i, a in enumerate(entry.attempts, 1):
         attempts.add_row(
