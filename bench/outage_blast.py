@@ -177,7 +177,7 @@ def blast(kind: str, workers: int, threads: int, outage_s: float, pace_s: float,
     control.set_mode("down")
     control.reset_counts()
     time.sleep(outage_s)
-    received = int(control.stats()["total"])
+    received = int(control.stats()["total_requests"])
     stop.set()
     for p in procs:
         p.join(timeout=30)

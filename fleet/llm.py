@@ -99,7 +99,13 @@ class FleetClient:
         :class:`~fleet.errors.BudgetExceeded` from a budget middleware.
         """
         ctx = self._context(
-            task_type, messages, session_id, job_id, max_tokens, timeout_s, metadata
+            task_type=task_type,
+            messages=messages,
+            session_id=session_id,
+            job_id=job_id,
+            max_tokens=max_tokens,
+            timeout_s=timeout_s,
+            metadata=metadata,
         )
         try:
             for mw in self.middleware:

@@ -19,7 +19,7 @@ MESSAGES = [{"role": "user", "content": "collect facts about circuit breakers"}]
 
 def total(control: object) -> int:
     stats = control.stats()  # type: ignore[attr-defined]
-    return int(stats["total"])
+    return int(stats["total_requests"])
 
 
 def test_healthy_primary_answers_with_usage_and_cost(local_fleet: LocalFleet) -> None:
@@ -69,7 +69,7 @@ def test_dead_primary_trips_its_breaker_and_stops_receiving_calls(
     assert all(r.model == "sim-backup/sim-tiny" for r in results)
     # consecutive_failures = 3: three requests reached the dead primary, then the breaker
     # rejected every later attempt without sending anything.
-    assert local_fleet.primary.stats()["total"] == 3
+    assert local_fleet.primary.stats()["total_requests"] == 3
     assert [r.attempts[0].outcome for r in results[3:]] == ["rejected"] * 9
     assert all(r.attempts[0].breaker == "reject" for r in results[3:])
     snap = local_fleet.client.breaker.snapshot(Scope("sim-primary"))
@@ -95,7 +95,7 @@ def test_credential_failure_opens_at_once_and_names_the_env_var(
     assert "FLEET_TEST_PRIMARY_KEY" in first.attempts[0].detail
     assert second.attempts[0].outcome == "rejected"
     assert "credential" in second.attempts[0].detail
-    assert local_fleet.primary.stats()["total"] == 1
+    assert local_fleet.primary.stats()["total_requests"] == 1
 
 
 def test_context_length_refusal_is_the_callers_error_without_fallback(
@@ -105,7 +105,7 @@ def test_context_length_refusal_is_the_callers_error_without_fallback(
     with pytest.raises(ContextLengthExceeded) as info:
         local_fleet.client.llm_call("data_collection", MESSAGES)
     assert [a.outcome for a in info.value.attempts] == ["ignored"]
-    assert local_fleet.backup.stats()["total"] == 0
+    assert local_fleet.backup.stats()["total_requests"] == 0
     snap = local_fleet.client.breaker.snapshot(Scope("sim-primary", "sim-small"))
     assert snap.failures == 0 and snap.calls == 0
 
@@ -133,7 +133,7 @@ def test_prompt_over_the_primary_window_skips_to_a_larger_backup(
     assert result.model == "sim-backup/sim-medium"
     assert result.attempts[0].outcome == "skipped"
     assert "context window 8192" in result.attempts[0].detail
-    assert local_fleet.primary.stats()["total"] == 0
+    assert local_fleet.primary.stats()["total_requests"] == 0
 
 
 @pytest.mark.parametrize("mode", ["hang", "slow"])
@@ -199,7 +199,7 @@ def test_middleware_can_short_circuit_a_call(local_fleet: LocalFleet) -> None:
         second = client.llm_call("data_collection", MESSAGES, job_id="same")
     assert second == first
     assert cache.attempts_seen == 1
-    assert local_fleet.primary.stats()["total"] == 1
+    assert local_fleet.primary.stats()["total_requests"] == 1
 
 
 def test_no_api_key_in_logs_errors_or_attempts(

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,11 +60,16 @@ def calls(local_fleet: LocalFleet) -> list[dict[str, object]]:
     return [json.loads(x) for x in client.lrange(key, 0, -1)]
 
 
-def primary_trips(local_fleet: LocalFleet) -> int:
-    """Transitions of the primary's provider scope into open, from the event stream."""
+def primary_events(local_fleet: LocalFleet, to_state: str) -> list[dict[str, str]]:
+    """Transitions of the primary's provider scope into ``to_state``, from the event stream."""
     client = redis.Redis.from_url(local_fleet.settings.redis_url, decode_responses=True)
     events = client.xrange(local_fleet.settings.key("events"))
-    return sum(1 for _id, e in events if e.get("scope") == "sim-primary" and e.get("to") == "open")
+    return [e for _id, e in events if e.get("scope") == "sim-primary" and e.get("to") == to_state]
+
+
+def primary_trips(local_fleet: LocalFleet) -> int:
+    """How many times the primary's provider scope opened."""
+    return len(primary_events(local_fleet, "open"))
 
 
 @pytest.mark.slow
@@ -78,8 +84,9 @@ def test_fleet_fails_over_together_and_comes_back(
     wait_until(served_by_primary_per_worker, timeout_s=60, message="every loader on the primary")
 
     # t0: the primary goes down.
-    local_fleet.primary.set_mode("down")
     local_fleet.primary.reset_counts()
+    t0 = time.time()
+    local_fleet.primary.set_mode("down")
     n0 = len(calls(local_fleet))
 
     def moved_to_backup() -> bool:
@@ -93,13 +100,15 @@ def test_fleet_fails_over_together_and_comes_back(
     # Let the outage run on: many more calls, through several half-open periods.
     n1 = len(calls(local_fleet))
     wait_until(lambda: len(calls(local_fleet)) > n1 + 200, timeout_s=60, message="200 more calls")
-    reached_primary = int(local_fleet.primary.stats()["total"])
+    reached_primary = int(local_fleet.primary.stats()["total_requests"])
     trips = primary_trips(local_fleet)
     threshold = int(FAST_BREAKER["consecutive_failures"])  # type: ignore[call-overload]
     after_t0 = calls(local_fleet)[n0:]
+    opened_at = min(float(e["at_ms"]) / 1000 for e in primary_events(local_fleet, "open"))
     print(
         f"\noutage: {len(after_t0)} calls after t0 by {PROCESSES} processes, "
-        f"{reached_primary} reached the dead primary, {trips} trips"
+        f"{reached_primary} reached the dead primary, {trips} trips, "
+        f"breaker open {opened_at - t0:.3f}s after t0"
     )
     assert trips >= 1
     # One decision for the fleet: threshold + one in-flight call per process + one probe per
@@ -108,6 +117,7 @@ def test_fleet_fails_over_together_and_comes_back(
     assert all(c.get("model") for c in after_t0), "the backup was healthy: no call may fail"
 
     # Recovery: traffic returns to the primary within the open period plus a probe.
+    t1 = time.time()
     local_fleet.primary.set_mode("healthy")
     n2 = len(calls(local_fleet))
 
@@ -118,6 +128,12 @@ def test_fleet_fails_over_together_and_comes_back(
         )
 
     wait_until(back_on_primary, timeout_s=30, message="traffic back on the primary")
+    first_back = min(
+        float(c["at"])  # type: ignore[arg-type]
+        for c in calls(local_fleet)[n2:]
+        if c.get("model") == "sim-primary/sim-small"
+    )
+    print(f"recovery: first call served by the primary {first_back - t1:.3f}s after it healed")
 
     # Both down: AllRoutesFailed, and once the breakers are open, a retry_after_s.
     local_fleet.primary.set_mode("down")
