@@ -27,6 +27,7 @@ from fleet.providers import (
     make_http_client,
     make_provider_client,
 )
+from fleet.providers.base import detect_caller_fault
 from fleet.providers.http import parse_retry_after
 from fleet.providers.simulated import SimulatedProvider
 
@@ -369,3 +370,34 @@ def test_connect_deadline_holds_against_a_full_accept_queue(http: httpx.Client) 
     assert "ConnectTimeout" in str(info.value)
     assert elapsed < 0.3 + 1.0, f"connect held {elapsed:.2f}s for a 0.3s connect deadline"
     print(f"connect: overshoot past deadline {(elapsed - 0.3) * 1000:.0f} ms")
+
+
+@pytest.mark.parametrize(
+    ("body", "fault"),
+    [
+        (
+            b'{"error": {"code": "context_length_exceeded", "message": "too long"}}',
+            "context_length",
+        ),
+        (
+            b'{"type": "error", "error": {"type": "invalid_request_error", '
+            b'"message": "prompt is too long: 210000 tokens > 200000 maximum"}}',
+            "context_length",
+        ),
+        (b'{"error": {"code": "content_filter", "message": "filtered"}}', "content_policy"),
+        (b'{"error": {"code": "invalid_value", "message": "temperature too high"}}', "bad_request"),
+        (b"<html>Bad Request</html>", "bad_request"),
+        (b"maximum context length is 8192 tokens", "context_length"),
+    ],
+)
+def test_caller_fault_detection_reads_openai_and_anthropic_bodies(body: bytes, fault: str) -> None:
+    assert detect_caller_fault(body) == fault
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:abc/v1", "ftp://127.0.0.1/v1"])
+def test_invalid_base_url_is_a_config_error(http: httpx.Client, base_url: str) -> None:
+    """Our configuration, not the provider's health: never a ProviderError."""
+    provider = Provider(name="broken", base_url=base_url)
+    client = make_provider_client(provider, http, environ={KEY_ENV: SECRET})
+    with pytest.raises(ConfigError, match="base_url"):
+        client.complete(request())

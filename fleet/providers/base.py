@@ -40,7 +40,7 @@ _CONTEXT_MARKERS = (
     "prompt is too long",
     "too many tokens",
 )
-_POLICY_MARKERS = ("content_filter", "content_policy", "content policy", "safety")
+_POLICY_MARKERS = ("content_filter", "content_policy", "content policy", "content management")
 
 
 class ProviderConfig(Protocol):

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from breaker_service.outcomes import OutcomeClass, TransportError
-from fleet.errors import ProviderError
+from fleet.errors import ConfigError, ProviderError
 
 logger = logging.getLogger("fleet.providers")
 
@@ -155,20 +155,29 @@ def send_json(
 
     Any status is returned (the caller maps it); transport failures (connect refused,
     timeout, reset, protocol garbage, deadline hit) raise ``ProviderError`` with
-    ``outcome="failure"`` and ``transport_error`` set. ``label`` names the provider in
-    messages and logs; headers are never logged or echoed.
+    ``outcome="failure"`` and ``transport_error`` set; an invalid URL raises ``ConfigError``.
+    ``label`` names the provider in messages and logs; headers are never logged or echoed.
     """
     started = time.monotonic()
     deadline = started + total_timeout_s
-    request = http.build_request(
-        "POST",
-        url,
-        json=dict(payload),
-        headers=dict(headers),
-        timeout=_timeouts(connect_timeout_s, total_timeout_s),
-    )
+    try:
+        request = http.build_request(
+            "POST",
+            url,
+            json=dict(payload),
+            headers=dict(headers),
+            timeout=_timeouts(connect_timeout_s, total_timeout_s),
+        )
+    except httpx.InvalidURL as exc:
+        raise ConfigError(
+            f"provider {label!r}: {url!r} is not a valid URL; fix the provider's base_url"
+        ) from exc
     try:
         response = http.send(request, stream=True)
+    except httpx.UnsupportedProtocol as exc:
+        raise ConfigError(
+            f"provider {label!r}: {url!r} has no http:// or https:// scheme; fix its base_url"
+        ) from exc
     except httpx.TransportError as exc:
         kind = _transport_kind(exc)
         raise _failure(label, url, kind, type(exc).__name__, started) from exc
