@@ -168,7 +168,7 @@ def register_tasks(app: Celery, settings: FleetSettings) -> None:
     holder = RuntimeHolder(settings, app)
     worker_process_init.connect(holder.on_process_init, weak=False)
 
-    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(name=TASK_NAME, bind=True, shared=False, acks_late=True, reject_on_worker_lost=True)
     def run_agent_job(self: Task[Any, Any], job: dict[str, Any]) -> str:
         """Run one agent job (the message body is the AgentJob JSON)."""
         try:

@@ -21,7 +21,7 @@ from fleet.settings import FleetSettings
 AGENTS_QUEUE = "agents"
 ESCALATION_QUEUE = "escalation"
 
-P = TypeVar("P", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
 AgentFn = Callable[[Any], Any]
 
 
@@ -70,17 +70,17 @@ def agent(
     name: str,
     task_type: str,
     *,
-    payload_model: type[P],
+    payload_model: type[BaseModel],
     queue: str = AGENTS_QUEUE,
     catalog: AgentCatalog | None = None,
-) -> Callable[[Callable[[P], Any]], Callable[[P], Any]]:
+) -> Callable[[F], F]:
     """Register the decorated ``fn(payload: payload_model) -> JSON-able`` as agent ``name``.
 
     ``task_type`` names the registry task profile whose local-failure policy applies when the
     agent's ``llm_call`` fails on every route. The function is returned unchanged.
     """
 
-    def decorate(fn: Callable[[P], Any]) -> Callable[[P], Any]:
+    def decorate(fn: F) -> F:
         spec = AgentSpec(
             name=name, task_type=task_type, payload_model=payload_model, queue=queue, fn=fn
         )
