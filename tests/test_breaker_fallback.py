@@ -6,7 +6,7 @@ No RedisError or StoreUnavailable may ever reach the caller.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -74,17 +74,6 @@ def _breaker(url: str, fallback: Fallback, recorder: Recorder) -> FleetBreaker:
     )
 
 
-@pytest.fixture
-def paused() -> Iterator[RedisContainer]:
-    """A private Redis, paused by the test."""
-    from fleet.testing.pytest_plugin import _require_docker
-
-    _require_docker()
-    server = RedisContainer().start()
-    yield server
-    server.stop()
-
-
 def _shared(breaker: FleetBreaker) -> Permit | None:
     decision = breaker.acquire([PROV])
     if isinstance(decision, Permit) and decision.decision in ("allow", "probe"):
@@ -93,12 +82,12 @@ def _shared(breaker: FleetBreaker) -> Permit | None:
     return None
 
 
-def test_local_fallback_decides_in_process_then_rejoins(paused: RedisContainer) -> None:
+def test_local_fallback_decides_in_process_then_rejoins(redis_container: RedisContainer) -> None:
     rec = Recorder()
-    breaker = _breaker(paused.url, "local", rec)
+    breaker = _breaker(redis_container.url, "local", rec)
     assert _shared(breaker) is not None
     breaker.flush()
-    paused.pause()
+    redis_container.pause()
     for _ in range(3):  # a hung Redis: local decisions, counted in the local store
         permit = breaker.acquire([PROV])
         assert isinstance(permit, Permit) and permit.decision == "degraded"
@@ -108,58 +97,58 @@ def test_local_fallback_decides_in_process_then_rejoins(paused: RedisContainer) 
     rejected = breaker.acquire([PROV])
     assert isinstance(rejected, Rejection) and rejected.reason == "open"
     assert breaker.guard.refused > 0  # stopped waiting on Redis
-    paused.unpause()
+    redis_container.unpause()
     wait_until(lambda: _shared(breaker), timeout_s=10, message="rejoin shared state")
     assert len(rec.recovered) == 1 and not breaker.degraded
     breaker.flush()
     snap = breaker.snapshot(PROV)  # local failures never leaked into the shared state
     assert snap.state == "closed" and snap.failures == 0
-    with paused.client() as conn:
+    with redis_container.client() as conn:
         kinds = [f[b"kind"] for _id, f in conn.xrange("fb:events")]
     assert kinds == [b"store_recovered"]
     breaker.close()
 
 
-def test_fail_closed_rejects_with_store_unavailable(paused: RedisContainer) -> None:
+def test_fail_closed_rejects_with_store_unavailable(redis_container: RedisContainer) -> None:
     rec = Recorder()
-    breaker = _breaker(paused.url, "fail_closed", rec)
-    paused.kill()  # refused connections
+    breaker = _breaker(redis_container.url, "fail_closed", rec)
+    redis_container.kill()  # refused connections
     for _ in range(5):
         rejected = breaker.acquire([PROV])
         assert isinstance(rejected, Rejection)
         assert rejected.reason == "store_unavailable" and rejected.scope == "prov"
         assert 0 < rejected.retry_after_s <= 0.3
     assert rec.unavailable == ["fail_closed"]
-    paused.restart()
+    redis_container.restart()
     wait_until(lambda: _shared(breaker), timeout_s=10, message="rejoin after restart")
     assert len(rec.recovered) == 1
     breaker.close()
 
 
-def test_fail_open_bypasses_and_keeps_local_metrics(paused: RedisContainer) -> None:
+def test_fail_open_bypasses_and_keeps_local_metrics(redis_container: RedisContainer) -> None:
     rec = Recorder()
-    breaker = _breaker(paused.url, "fail_open", rec)
-    paused.pause()
+    breaker = _breaker(redis_container.url, "fail_open", rec)
+    redis_container.pause()
     for _ in range(5):
         with breaker.protect([PROV]) as permit:
             assert permit.decision == "bypass"
     assert breaker.local_snapshot(PROV).calls == 5
     assert rec.unavailable == ["fail_open"]
-    paused.unpause()
+    redis_container.unpause()
     breaker.close()
 
 
-def test_background_records_fall_back_to_local_store(paused: RedisContainer) -> None:
+def test_background_records_fall_back_to_local_store(redis_container: RedisContainer) -> None:
     rec = Recorder()
-    breaker = _breaker(paused.url, "local", rec)
+    breaker = _breaker(redis_container.url, "local", rec)
     permit = breaker.acquire([PROV])
     assert isinstance(permit, Permit) and permit.decision == "allow"
-    paused.pause()
+    redis_container.pause()
     breaker.record(permit, OK)  # queued, then sent while Redis hangs
     assert breaker.flush(timeout_s=10)
     assert breaker.local_snapshot(PROV).calls == 1
     assert rec.unavailable == ["local"]
-    paused.unpause()
+    redis_container.unpause()
     breaker.close()
 
 

@@ -224,11 +224,10 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def test_paused_redis_every_process_degrades_per_setting(tmp_path: Path) -> None:
-    from fleet.testing.pytest_plugin import _require_docker
-
-    _require_docker()
-    server = RedisContainer().start()
+def test_paused_redis_every_process_degrades_per_setting(
+    redis_container: RedisContainer, tmp_path: Path
+) -> None:
+    server = redis_container
     fleet = Fleet(server.url, tmp_path)
     stop = tmp_path / "stop"
     policy = BreakerPolicy()
@@ -270,7 +269,6 @@ def test_paused_redis_every_process_degrades_per_setting(tmp_path: Path) -> None
         fleet.wait_exit()
     finally:
         fleet.kill_all()
-        server.stop()
     rows = {w: _lines(outs[w]) for w in modes}
     errors = [(w, r) for w, rs in rows.items() for r in rs if r.get("d") == "error"]
     assert errors == [], "no call may raise (RedisError or otherwise)"
