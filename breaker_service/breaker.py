@@ -69,7 +69,11 @@ class Permit:
 
     ``decision``: ``allow`` (shared store, closed), ``probe`` (this call holds a half-open
     probe lease: record it promptly), ``degraded`` (decided by the local fallback store while
-    Redis is unavailable), ``bypass`` (Redis unavailable and ``fallback="fail_open"``).
+    Redis is unavailable), ``bypass`` (Redis unavailable and ``fallback="fail_open"``; its
+    grants carry generation -1, so recording it counts metrics in the local store only).
+
+    A scope an operator disabled answers ``allow`` (the store's acquire does not report the
+    state); its outcomes are recorded as metrics only by the store.
     """
 
     grants: tuple[ScopeGrant, ...]
