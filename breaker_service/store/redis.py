@@ -27,6 +27,7 @@ of ``TIME`` and ``HGETALL``. Every ``redis.RedisError`` becomes
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -63,8 +64,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def policy_argv(policy: BreakerPolicy) -> list[str]:
-    """The 15 policy numbers, in the order the Lua scripts read them (see acquire.lua)."""
+@functools.lru_cache(maxsize=1024)
+def policy_arg(policy: BreakerPolicy) -> str:
+    """The policy as the scripts read it: 15 comma-separated numbers (order in acquire.lua).
+
+    Cached per policy (policies are frozen): a call passes one argument per scope.
+    """
     numbers: list[float] = [
         policy.bucket_ms,
         policy.buckets,
@@ -82,7 +87,7 @@ def policy_argv(policy: BreakerPolicy) -> list[str]:
         policy.jitter_ratio,
         policy.ttl_ms(),
     ]
-    return [repr(x) for x in numbers]
+    return ",".join(repr(x) for x in numbers)
 
 
 def _live_totals(f: dict[str, str], now: int) -> tuple[int, int, int]:
@@ -180,20 +185,22 @@ class RedisStore(BreakerStore):
                 f"Redis did not answer the breaker {op} for {what} ({type(exc).__name__}: {exc})"
             ) from exc
 
-    def _transitions(self, rows: Any, scopes: Sequence[Scope]) -> list[Transition]:
+    @staticmethod
+    def _transitions(text: str, scopes: Sequence[Scope]) -> list[Transition]:
+        """Decode the scripts' transition rows (format in record.lua's header)."""
         out = []
-        for row in rows:
-            idx, frm, to, trig, thr, val, gen, until, at = row
+        for row in text.split(";") if text else ():
+            idx, frm, to, trig, thr, val, gen, until, at = row.split(",")
             out.append(
                 Transition(
                     scope=scopes[int(idx) - 1],
-                    from_state=cast(State, _text(frm)),
-                    to_state=cast(State, _text(to)),
-                    trigger=cast(Trigger, _text(trig)),
-                    threshold=float(_text(thr)),
-                    value=float(_text(val)),
+                    from_state=cast(State, frm),
+                    to_state=cast(State, to),
+                    trigger=cast(Trigger, trig),
+                    threshold=float(thr),
+                    value=float(val),
                     generation=int(gen),
-                    open_until_ms=None if int(until) < 0 else int(until),
+                    open_until_ms=None if until == "-1" else int(until),
                     at_ms=int(at),
                 )
             )
@@ -204,20 +211,19 @@ class RedisStore(BreakerStore):
     ) -> tuple[AcquireResult, list[Transition]]:
         """See :meth:`BreakerStore.acquire`: one EVALSHA for all scopes."""
         names = [s for s, _ in scopes]
-        argv: list[str] = []
-        for _, policy in scopes:
-            argv += policy_argv(policy)
+        argv = [policy_arg(policy) for _, policy in scopes]
         with self._guard("acquire", ",".join(map(str, names))):
             reply = self._acquire(keys=[self.key(s) for s in names], args=argv)
-        allowed, rej_idx, reason, retry_after, grants, trs = reply
-        if not int(allowed):
-            scope = names[int(rej_idx) - 1]
-            return AcquireResult(False, (), scope, _text(reason), int(retry_after)), []
-        granted = tuple(
-            ScopeGrant(scope, int(gen), _text(tok) or None)
-            for scope, (gen, tok) in zip(names, grants, strict=True)
-        )
-        return AcquireResult(True, granted), self._transitions(trs, names)
+        parts = _text(reply).split("|")
+        if parts[0] == "R":
+            _, idx, reason, retry_after = parts
+            return AcquireResult(False, (), names[int(idx) - 1], reason, int(retry_after)), []
+        _, grants_text, transitions_text = parts
+        granted = []
+        for scope, item in zip(names, grants_text.split(";"), strict=True):
+            gen, _, token = item.partition(",")
+            granted.append(ScopeGrant(scope, int(gen), token or None))
+        return AcquireResult(True, tuple(granted)), self._transitions(transitions_text, names)
 
     def record(
         self,
@@ -237,11 +243,11 @@ class RedisStore(BreakerStore):
             str(int(outcome.retry_after_ms or 0)),
         ]
         for grant, policy in grants:
-            argv += [str(grant.generation), grant.probe_token or "", *policy_argv(policy)]
+            argv += [str(grant.generation), grant.probe_token or "", policy_arg(policy)]
         names = [g.scope for g, _ in grants]
         with self._guard("record", ",".join(map(str, names))):
             rows = self._record(keys=[self.key(s) for s in names], args=argv)
-        return self._transitions(rows, names)
+        return self._transitions(_text(rows), names)
 
     def control(self, scope: Scope, policy: BreakerPolicy, action: ControlAction) -> Transition:
         """See :meth:`BreakerStore.control`: one EVALSHA."""
@@ -250,8 +256,8 @@ class RedisStore(BreakerStore):
                 f"control action {action!r} is unknown: use one of {list(_CONTROL_ACTIONS)}"
             )
         with self._guard("control", str(scope)):
-            row = self._control(keys=[self.key(scope)], args=[action, *policy_argv(policy)])
-        return self._transitions([row], [scope])[0]
+            row = self._control(keys=[self.key(scope)], args=[action, policy_arg(policy)])
+        return self._transitions(_text(row), [scope])[0]
 
     def snapshot(self, scope: Scope, policy: BreakerPolicy) -> ScopeSnapshot:
         """See :meth:`BreakerStore.snapshot`: one MULTI/EXEC of TIME and HGETALL, no writes."""

@@ -2,9 +2,9 @@
 
 KEYS[1]   the hash of the scope
 ARGV[1]   action: force_open | force_closed | disable | reset
-ARGV[2..16] the 15 policy numbers, in the order documented in acquire.lua
+ARGV[2]   the scope's policy: 15 comma-separated numbers, in the order of acquire.lua
 Time      redis TIME (milliseconds), made monotonic by the stored field ln.
-Returns   the transition {1, from, to, "manual", "0", "0", generation, -1, at_ms}
+Returns   the transition as one string "1,<from>,<to>,manual,0,0,<generation>,-1,<at_ms>"
 
 force_open -> forced_open (rejects until changed; never expires), force_closed -> forced_closed
 (allows, never trips, metrics kept), disable -> disabled (metrics only), reset -> closed with a
@@ -20,7 +20,9 @@ local to = targets[action]
 if not to then
   return redis.error_reply('control action ' .. tostring(action) .. ' is unknown')
 end
-local bucket_ms, n, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[16])
+local pol = {}
+for x in string.gmatch(ARGV[2], '[^,]+') do pol[#pol + 1] = tonumber(x) end
+local bucket_ms, n, ttl = pol[1], pol[2], pol[15]
 
 local t = redis.call('TIME')
 local v = redis.call('HMGET', key, 'st', 'g', 'ln', 'wn')
@@ -47,4 +49,5 @@ if to == 'closed' then
 else
   redis.call('PERSIST', key)  -- a forced state or disabled does not expire on its own
 end
-return {1, from, to, 'manual', '0', '0', g, -1, now}
+return table.concat({1, from, to, 'manual', 0, 0, string.format('%d', g), -1,
+                     string.format('%d', now)}, ',')

@@ -5,12 +5,12 @@ ARGV[1]   jitter in [0, 1), drawn by the caller (Lua's PRNG is not random)
 ARGV[2]   outcome class: success | failure | rate_limited | credential | ignored
 ARGV[3]   latency_ms of the call (a call slower than slow_call_ms is slow)
 ARGV[4]   retry_after_ms from the provider (0 = none); a rate_limited trip opens at least this long
-ARGV      then 17 values per scope i, at ARGV[4 + (i-1)*17 + 1 .. 4 + (i-1)*17 + 17]:
+ARGV      then 3 values per scope i, at ARGV[4 + (i-1)*3 + 1 .. 4 + (i-1)*3 + 3]:
             1 generation of the grant  2 probe token ("" = not a probe)
-            3..17 the 15 policy numbers, in the order documented in acquire.lua
+            3 the scope's policy: 15 comma-separated numbers, in the order of acquire.lua
 Time      redis TIME (milliseconds), made monotonic per scope by the stored field ln.
-Returns   transitions: {scope_index, from, to, trigger, threshold, value, generation,
-          open_until_ms or -1, at_ms} per transition (threshold and value as strings).
+Returns   the transitions as one string: rows joined by ";", each "<scope_index>,<from>,<to>,
+          <trigger>,<threshold>,<value>,<generation>,<open_until_ms or -1>,<at_ms>"; "" for none.
 
 The window is a ring of `buckets` buckets in the same hash (fields b<i>c, b<i>f, b<i>s) with
 running totals C, F, S and the newest bucket index hd; expired buckets are subtracted when
@@ -22,7 +22,7 @@ forced_closed, disabled, and open after a credential error, with no open_until),
 not expire on their own: those keys are PERSISTed until an operator changes the state.
 ]]
 
-local NPOL, HEAD = 17, 4
+local NPER, HEAD = 3, 4
 local jitter = tonumber(ARGV[1])
 local cls = ARGV[2]
 local latency = tonumber(ARGV[3])
@@ -31,6 +31,14 @@ local failed = (cls == 'failure' or cls == 'rate_limited' or cls == 'credential'
 
 local t = redis.call('TIME')
 local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function policy(text)
+  local v = {}
+  for x in string.gmatch(text, '[^,]+') do v[#v + 1] = tonumber(x) end
+  return {bucket_ms = v[1], n = v[2], fr = v[3], min_calls = v[4], slow_ms = v[5], sr = v[6],
+          consecutive = v[7], successes = v[9], base = v[11], factor = v[12], cap = v[13],
+          jr = v[14], ttl = v[15]}
+end
 
 local function fmt(x) return string.format('%.17g', x) end
 
@@ -90,7 +98,8 @@ local function move(i, s, to, trigger, threshold, value, now)
   local from = s.st
   s.st, s.g, s.ls, s.ps = to, s.g + 1, '', 0
   if to ~= 'open' then s.ou = nil end
-  return {i, from, to, trigger, fmt(threshold), fmt(value), s.g, s.ou or -1, now}
+  return table.concat({i, from, to, trigger, fmt(threshold), fmt(value), string.format('%d', s.g),
+                       string.format('%d', s.ou or -1), string.format('%d', now)}, ',')
 end
 
 local function trip(i, key, s, pol, trigger, threshold, value, now)
@@ -142,15 +151,8 @@ end
 
 local transitions = {}
 for i = 1, #KEYS do
-  local key, a = KEYS[i], HEAD + (i - 1) * NPOL
-  local gen, token = tonumber(ARGV[a + 1]), ARGV[a + 2]
-  local pol = {bucket_ms = tonumber(ARGV[a + 3]), n = tonumber(ARGV[a + 4]),
-               fr = tonumber(ARGV[a + 5]), min_calls = tonumber(ARGV[a + 6]),
-               slow_ms = tonumber(ARGV[a + 7]), sr = tonumber(ARGV[a + 8]),
-               consecutive = tonumber(ARGV[a + 9]), successes = tonumber(ARGV[a + 11]),
-               base = tonumber(ARGV[a + 13]), factor = tonumber(ARGV[a + 14]),
-               cap = tonumber(ARGV[a + 15]), jr = tonumber(ARGV[a + 16]),
-               ttl = tonumber(ARGV[a + 17])}
+  local key, a = KEYS[i], HEAD + (i - 1) * NPER
+  local gen, token, pol = tonumber(ARGV[a + 1]), ARGV[a + 2], policy(ARGV[a + 3])
   local v = redis.call('HMGET', key, 'st', 'g', 'ou', 'oa', 'op', 'tr', 'ln', 'cf', 'ps', 'ls',
                        'wb', 'wn', 'hd', 'C', 'F', 'S')
   local s = {st = v[1] or 'closed', g = tonumber(v[2] or 0), ou = opt(v[3]),
@@ -190,4 +192,4 @@ for i = 1, #KEYS do
     redis.call('PEXPIRE', key, ttl)
   end
 end
-return transitions
+return table.concat(transitions, ';')
