@@ -32,7 +32,7 @@ from fleet.errors import (
 from fleet.jobstore import TERMINAL_STATES, JobRecord, JobStore
 from fleet.redis_client import make_redis
 from fleet.settings import FleetSettings
-from workers.agents.catalog import AgentCatalog, AgentSpec, load_catalog
+from workers.catalog import AgentCatalog, AgentSpec, load_catalog
 from workers.redelivery import reset_deliveries
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from fleet.errors import JobFailed, JobPending, SubmitError
 from fleet.jobs import MAX_PAYLOAD_BYTES, AgentJob, JobClient, next_job_id, requeue_job, submit
 from fleet.settings import FleetSettings
 from workers.agents import SEO_PIPELINE
-from workers.agents.catalog import AgentCatalog, agent, load_catalog
+from workers.catalog import AgentCatalog, agent, load_catalog
 from workers.redelivery import count_delivery, deliveries_key
 
 pytestmark = pytest.mark.docker
@@ -104,7 +104,10 @@ def test_accepted_job_has_record_and_one_message(jobs: JobClient) -> None:
 
 
 def test_module_level_submit_uses_given_settings(fleet_settings: FleetSettings) -> None:
-    handle = submit("triage.classify", {"text": "hello"}, settings=fleet_settings)
+    import fleet
+
+    assert fleet.submit is submit
+    handle = fleet.submit("triage.classify", {"text": "hello"}, settings=fleet_settings)
     assert handle.status().task_type == "classification"
 
 

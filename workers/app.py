@@ -20,7 +20,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from fleet.settings import FleetSettings
-from workers.agents.catalog import AGENTS_QUEUE, ESCALATION_QUEUE
+from workers.catalog import AGENTS_QUEUE, ESCALATION_QUEUE
 from workers.tasks import register_tasks
 
 RESTORE_INTERVAL_S = 5

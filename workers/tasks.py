@@ -30,7 +30,7 @@ from fleet.redis_client import make_redis
 from fleet.settings import FleetSettings, default_worker_id
 from fleet.stepcache import StepCacheMiddleware
 from workers import policy
-from workers.agents.catalog import load_catalog
+from workers.catalog import load_catalog
 from workers.redelivery import count_delivery, over_cap
 from workers.runtime import WorkerRuntime
 

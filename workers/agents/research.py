@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.llm import llm_call
-from workers.agents.catalog import agent
+from workers.catalog import agent
 
 RESEARCH_CHAIN = ["research.research", "research.summary"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet.llm import llm_call
-from workers.agents.catalog import agent
+from workers.catalog import agent
 
 
 class TextPayload(BaseModel):
