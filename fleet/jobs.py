@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleet.errors import (
     ConfigError,
     JobFailed,
+    JobNotFound,
     JobPending,
     SubmitError,
     UnknownTaskType,
@@ -382,6 +383,28 @@ class JobClient:
         if self.store.create(nxt) or self.store.state(nxt.job_id) == "queued":
             self.enqueue(nxt)
         return nxt.job_id
+
+    def ensure_next(self, job: AgentJob, output: Any) -> None:
+        """Queue the next pipeline step unless it was already queued and started."""
+        if job.next_agents and self.store.state(next_job_id(job.job_id)) in (None, "queued"):
+            self.enqueue_next(job, output)
+
+    def cancel(self, job_id: str, *, reason: str = "cancelled by request") -> bool:
+        """Cancel a ``queued`` job (its message is then acked without running). False when
+        it already runs or ended."""
+        changed, previous = self.store.transition(
+            job_id,
+            "cancelled",
+            allowed_from=("queued",),
+            fields={
+                "error": reason,
+                "policy_reason": "cancelled",
+                "finished_at_ms": int(time.time() * 1000),
+            },
+        )
+        if previous is None:
+            raise JobNotFound(f"no job with id {job_id!r}; nothing to cancel")
+        return changed
 
     def handle(self, job_id: str) -> JobHandle:
         """A handle on an existing job id."""

@@ -3,12 +3,16 @@ nothing queued on refusal, one record + one message per accepted job."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from fleet.errors import JobFailed, JobPending, SubmitError
+from fleet.errors import JobFailed, JobNotFound, JobPending, SubmitError
 from fleet.jobs import MAX_PAYLOAD_BYTES, AgentJob, JobClient, next_job_id, requeue_job, submit
 from fleet.settings import FleetSettings
 from workers.agents import SEO_PIPELINE
@@ -181,3 +185,55 @@ def test_catalog_loads_from_settings_and_names_bad_module(fleet_settings: FleetS
     bad = fleet_settings.model_copy(update={"agent_modules": "workers.agents,nope.missing"})
     with pytest.raises(Exception, match="FLEET_AGENT_MODULES: cannot import agent module"):
         load_catalog(bad)
+
+
+def test_cancel_only_queued_jobs(jobs: JobClient) -> None:
+    a = jobs.submit("research.research", {"topic": "a"})
+    b = jobs.submit("research.research", {"topic": "b"})
+    jobs.store.mark_running(b.job_id, worker="w", delivery=1)
+    assert jobs.cancel(a.job_id) is True
+    assert jobs.cancel(a.job_id) is False
+    assert jobs.cancel(b.job_id) is False
+    assert a.status().state == "cancelled"
+    assert jobs.store.counts()["cancelled"] == 1
+    with pytest.raises(JobFailed, match="ended cancelled"):
+        a.result()
+    with pytest.raises(JobNotFound):
+        jobs.cancel("f" * 32)
+
+
+def _cli(settings: FleetSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FLEET_REDIS_URL": settings.redis_url, "FLEET_NAMESPACE": "test"}
+    return subprocess.run(
+        [sys.executable, "-c", "from fleet.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_refusal_exits_2_naming_the_field(jobs: JobClient) -> None:
+    out = _cli(jobs.settings, "submit", "research.research", "--json-payload", '{"topik": 1}')
+    assert out.returncode == 2
+    assert "payload.topic" in out.stderr
+    out = _cli(jobs.settings, "submit", "research.research", "--json-payload", "{nope")
+    assert out.returncode == 2
+    assert "--json-payload: not valid JSON" in out.stderr
+    assert_nothing_queued(jobs)
+
+
+def test_cli_show_list_cancel(jobs: JobClient) -> None:
+    out = _cli(jobs.settings, "submit", "research.research", "--json-payload", '{"topic": "t"}')
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    assert jobs.store.state(job_id) == "queued"
+    listed = _cli(jobs.settings, "jobs", "list", "--state", "queued", "--json")
+    assert [json.loads(line)["job_id"] for line in listed.stdout.splitlines()] == [job_id]
+    assert _cli(jobs.settings, "jobs", "cancel", job_id).returncode == 0
+    assert _cli(jobs.settings, "jobs", "cancel", job_id).returncode == 1
+    shown = _cli(jobs.settings, "jobs", "show", job_id)
+    assert shown.returncode == 0 and "cancelled" in shown.stdout
+    assert _cli(jobs.settings, "jobs", "show", "0" * 32).returncode == 1
+    assert _cli(jobs.settings, "jobs", "list", "--state", "done").returncode == 2

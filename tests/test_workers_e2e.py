@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleet.escalation import EscalationQueue
-from fleet.jobs import AgentJob, JobClient
+from fleet.jobs import AgentJob, JobClient, next_job_id
 from fleet.jobstore import JobRecord
 from fleet.llm import FleetClient
 from fleet.local import write_local_registry
@@ -151,8 +151,17 @@ def test_jobs_from_another_process_run_on_two_workers(fleet: Fleet) -> None:
     listed = cli(fleet, "jobs", "list", "--state", "succeeded", "--json")
     assert len(listed.stdout.splitlines()) == 20
 
+    waited = cli(
+        fleet, "submit", "triage.classify", "--json-payload", '{"text": "a"}', "--repeat", "3",
+        "--wait", "--timeout-s", "60",
+    )  # fmt: skip
+    assert waited.returncode == 0, waited.stderr
+    assert "succeeded=3" in waited.stderr
+
 
 def test_seo_pipeline_end_to_end(fleet: Fleet) -> None:
+    cancelled = fleet.jobs.submit("research.research", {"topic": "never"}).job_id
+    assert fleet.jobs.cancel(cancelled)
     fleet.workers.start(2)
     run = fleet.jobs.submit_pipeline(
         SEO_PIPELINE, {"domain": "example.com", "keywords": ["llm", "breaker"]}
@@ -172,7 +181,36 @@ def test_seo_pipeline_end_to_end(fleet: Fleet) -> None:
     for field in ("collected", "scraped", "gaps", "recommendations"):
         assert final[field], field
     assert final["domain"] == "example.com"
-    assert fleet.requests() == 4
+    wait_until(fleet.broker_idle, timeout_s=30, message="cancelled job's message consumed")
+    assert fleet.jobs.store.get(cancelled).state == "cancelled"
+    assert fleet.requests() == 4  # the cancelled job never called a model
+
+
+def test_pipeline_step_recovers_a_lost_next_step(fleet: Fleet) -> None:
+    """A step settled but its process died before queueing the next step: the redelivered
+    message of the settled step queues it (once), so the pipeline does not stall."""
+    fleet.workers.start(1)
+    parent = AgentJob(
+        agent="research.research",
+        task_type="data_collection",
+        payload={"topic": "t"},
+        workflow_id="w" * 32,
+        next_agents=("research.summary",),
+    )
+    fleet.jobs.store.create(parent)
+    fleet.jobs.store.mark_running(parent.job_id, worker="dead", delivery=1)
+    fleet.jobs.store.finish(parent.job_id, "succeeded", result={"topic": "t", "findings": "f"})
+    fleet.jobs.enqueue(parent)  # the unacked message, redelivered
+    fleet.jobs.enqueue(parent)  # and once more: still one next step
+    child = next_job_id(parent.job_id)
+    wait_until(lambda: fleet.jobs.store.state(child) is not None, timeout_s=30)
+    record = fleet.wait_all([child])[0]
+    assert record.state == "succeeded"
+    assert record.workflow_id == "w" * 32
+    assert record.result["summary"]
+    wait_until(fleet.broker_idle, timeout_s=30, message="duplicates consumed")
+    assert fleet.requests() == 1
+    assert fleet.jobs.store.counts()["submitted"] == 2
 
 
 def _recover(fleet: Fleet, task_types: list[str]) -> None:

@@ -36,6 +36,8 @@ from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
+RUNTIME_RETRY_S = 5
+
 
 class RuntimeHolder:
     """One :class:`WorkerRuntime` per OS process (rebuilt after a fork)."""
@@ -113,6 +115,9 @@ def _admit(rt: WorkerRuntime, job: AgentJob) -> str | None:
         log.info(
             "job already terminal, acked without running job_id=%s state=%s", job.job_id, state
         )
+        if state == "succeeded" and job.next_agents:
+            # the previous delivery may have died between settling and queueing the next step
+            rt.jobs.ensure_next(job, store.get(job.job_id).result)
         return "duplicate"
     delivery = count_delivery(rt.settings, rt.redis, job.job_id)
     if over_cap(rt.settings, delivery):
@@ -158,8 +163,8 @@ def execute_job(rt: WorkerRuntime, data: dict[str, Any]) -> str:
         raise
     except Exception as exc:
         return _settle_error(rt, job, exc)
-    rt.jobs.enqueue_next(job, output)
-    policy.succeed(rt, job, output)
+    if policy.succeed(rt, job, output):
+        rt.jobs.enqueue_next(job, output)
     return "succeeded"
 
 
@@ -180,3 +185,10 @@ def register_tasks(app: Celery, settings: FleetSettings) -> None:
                 exc,
             )
             raise Reject(str(exc), requeue=True) from exc
+        except Exception as exc:  # our own runtime failed (e.g. registry invalid): keep the job
+            log.exception(
+                "job delivery failed outside the agent, retrying job_id=%s countdown_s=%s",
+                job.get("job_id"),
+                RUNTIME_RETRY_S,
+            )
+            raise self.retry(exc=exc, countdown=RUNTIME_RETRY_S, max_retries=None) from exc

@@ -1,4 +1,4 @@
-"""``fleet submit``, ``fleet jobs show|list`` and ``fleet worker``.
+"""``fleet submit``, ``fleet jobs show|list|cancel`` and ``fleet worker``.
 
 Exit codes: 0 ok; 1 a waited-for job did not succeed; 2 refused at submit or bad settings;
 3 Redis did not answer.
@@ -190,6 +190,24 @@ def list_cmd(
     )
 
 
+def cancel_cmd(
+    job_id: Annotated[str, typer.Argument(help="Job id to cancel (must still be queued).")],
+) -> None:
+    """Cancel a queued job: its message is acked without running. Exits 1 if it already
+    runs or ended."""
+    try:
+        with _client() as client:
+            cancelled = client.cancel(job_id)
+            state = client.store.state(job_id)
+    except JobNotFound as exc:
+        raise _fail(str(exc), EXIT_FAILED) from exc
+    except StateUnavailable as exc:
+        raise _fail(str(exc), EXIT_UNAVAILABLE) from exc
+    if not cancelled:
+        raise _fail(f"job {job_id} is {state}; only queued jobs can be cancelled", EXIT_FAILED)
+    typer.echo(f"{job_id} cancelled")
+
+
 def worker_cmd(
     ctx: typer.Context,
     *,
@@ -216,11 +234,12 @@ def worker_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``submit``, ``jobs show|list`` and ``worker`` to ``app``."""
+    """Add ``submit``, ``jobs show|list|cancel`` and ``worker`` to ``app``."""
     app.command("submit")(submit_cmd)
     jobs = typer.Typer(help="Inspect agent jobs (records in Redis).", no_args_is_help=True)
     jobs.command("show")(show_cmd)
     jobs.command("list")(list_cmd)
+    jobs.command("cancel")(cancel_cmd)
     app.add_typer(jobs, name="jobs")
     app.command(
         "worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
