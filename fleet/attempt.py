@@ -12,15 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
-from breaker_service.breaker import FleetBreaker, Permit, Rejection
 
+from breaker_service.breaker import FleetBreaker, Permit, Rejection
 from breaker_service.outcomes import Outcome, OutcomeClass
 from breaker_service.scope import Scope
 from fleet.errors import (
     CallerError,
+    ConfigError,
     ContentPolicyViolation,
     ContextLengthExceeded,
-    MissingCredential,
     ProviderError,
 )
 from fleet.middleware import CallContext
@@ -99,9 +99,10 @@ class CandidateCaller:
         started = time.monotonic()
         try:
             completion = self._client(provider).complete(request)
-        except MissingCredential as exc:
-            # Our configuration, not the provider's health: release the permit uncounted.
-            self.breaker.record(decision, Outcome(OutcomeClass.IGNORED, detail="no credential"))
+        except ConfigError as exc:
+            # Our configuration (a missing key, a malformed URL), not the provider's health:
+            # release the permit uncounted and move on down the chain.
+            self.breaker.record(decision, Outcome(OutcomeClass.IGNORED, detail="configuration"))
             return CandidateOutcome(
                 Attempt(
                     model=model.key,

@@ -49,6 +49,7 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 15.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING (StateUnavailable otherwise)."""
         binary = redis_server_binary()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [
             binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
             "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction",

@@ -47,7 +47,7 @@ class CeleryWorkers:
 
     app: str = "workers.app"
     env: dict[str, str] = field(default_factory=dict)
-    queues: str = "celery,escalation"
+    queues: str = "agents,escalation"
     concurrency: int = 1
     pool: str = "prefork"
     extra_args: list[str] = field(default_factory=list)
