@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 import redis
+
 from breaker_service.breaker import FleetBreaker
 from breaker_service.listeners import BreakerListener
-
 from fleet.attempt import CandidateCaller
 from fleet.context import current_job
 from fleet.errors import (
