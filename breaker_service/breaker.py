@@ -28,12 +28,10 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import os
 import random
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from breaker_service.listeners import BreakerListener, TransitionSource
 from breaker_service.outcomes import Outcome, OutcomeClass
 from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
+from breaker_service.sender import GrantPairs, RecordSender
 from breaker_service.store.base import AcquireResult, BreakerStore, ScopeGrant, ScopeSnapshot
 from breaker_service.store.memory import MemoryStore
 from breaker_service.store.redis import RedisStore
@@ -60,7 +59,6 @@ log = logging.getLogger(__name__)
 
 Decision = Literal["allow", "probe", "degraded", "bypass"]
 Fallback = Literal["local", "fail_open", "fail_closed"]
-GrantPairs = list[tuple[ScopeGrant, BreakerPolicy]]
 
 
 @dataclass(frozen=True)
@@ -91,92 +89,6 @@ class Rejection:
     scope: str
     reason: str
     retry_after_s: float
-
-
-class _RecordSender:
-    """One background thread that sends queued records (bounded queue, flushed on close)."""
-
-    def __init__(self, send: Callable[[GrantPairs, Outcome], None], *, maxsize: int) -> None:
-        self._send = send
-        self._maxsize = maxsize
-        self._queue: deque[tuple[GrantPairs, Outcome]] = deque()
-        self._cond = threading.Condition()
-        self._busy = 0
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
-
-    def _forked(self) -> None:
-        """In a forked child (Celery prefork): no thread, fresh lock; the parent sends its own
-        pending records."""
-        self._cond = threading.Condition()
-        self._queue.clear()
-        self._busy = 0
-        self._thread = None
-
-    def offer(self, pairs: GrantPairs, outcome: Outcome) -> bool:
-        """Queue a record; False when the queue is full or closed (record it yourself)."""
-        with self._cond:
-            if self._closed or len(self._queue) >= self._maxsize:
-                return False
-            self._queue.append((pairs, outcome))
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="fleet-breaker-records", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
-            return True
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                batch = list(self._queue)
-                self._queue.clear()
-                self._busy = len(batch)
-            for pairs, outcome in batch:
-                try:
-                    self._send(pairs, outcome)
-                except Exception:
-                    log.exception("breaker background record failed outcome=%s", outcome.cls)
-            with self._cond:
-                self._busy = 0
-                self._cond.notify_all()
-
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until every queued record was sent; False if ``timeout_s`` passed first."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._queue or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def close(self, timeout_s: float) -> bool:
-        """Flush, then stop the thread. Later offers return False."""
-        done = self.flush(timeout_s)
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        return done
-
-    @property
-    def pending(self) -> int:
-        """Records queued or being sent."""
-        with self._cond:
-            return len(self._queue) + self._busy
-
-
-def _after_fork(ref: weakref.ref[_RecordSender]) -> None:
-    sender = ref()
-    if sender is not None:
-        sender._forked()
 
 
 def _close_at_exit(ref: weakref.ref[FleetBreaker]) -> None:
@@ -221,7 +133,7 @@ class FleetBreaker:
         self._listeners = tuple(listeners)
         self._local = local_store if local_store is not None else MemoryStore()
         self.guard = guard or StoreGuard(name=f"breaker-store:{worker_id}")
-        self._sender = _RecordSender(self._record_shared, maxsize=queue_max)
+        self._sender = RecordSender(self._record_shared, maxsize=queue_max)
         self._lock = threading.Lock()
         self._degraded_since: float | None = None
         self._rng = random.Random()
