@@ -28,11 +28,11 @@ of ``TIME`` and ``HGETALL``. Every ``redis.RedisError`` becomes
 from __future__ import annotations
 
 import functools
+import json
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from importlib import resources
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import redis
 
@@ -66,7 +66,7 @@ def _text(value: Any) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def policy_arg(policy: BreakerPolicy) -> str:
-    """The policy as the scripts read it: 15 comma-separated numbers (order in acquire.lua).
+    """The policy as the scripts read it: a JSON array of 15 numbers (order in acquire.lua).
 
     Cached per policy (policies are frozen): a call passes one argument per scope.
     """
@@ -87,7 +87,7 @@ def policy_arg(policy: BreakerPolicy) -> str:
         policy.jitter_ratio,
         policy.ttl_ms(),
     ]
-    return ",".join(repr(x) for x in numbers)
+    return json.dumps(numbers, separators=(",", ":"))
 
 
 def _live_totals(f: dict[str, str], now: int) -> tuple[int, int, int]:
@@ -145,15 +145,20 @@ class RedisStore(BreakerStore):
         self._client = client
         self._ns = namespace
         self._prefix = f"{namespace}:cb:"
+        self._keys: dict[Scope, str] = {}
         self._acquire = client.register_script(_lua("acquire.lua"))
         self._record = client.register_script(_lua("record.lua"))
         self._control = client.register_script(_lua("control.lua"))
 
     def key(self, scope: Scope) -> str:
         """The Redis key of ``scope``'s hash (hash tag = provider)."""
-        if scope.model is None:
-            return f"{self._prefix}{scope.hash_tag}:p"
-        return f"{self._prefix}{scope.hash_tag}:m:{scope.model}"
+        key = self._keys.get(scope)
+        if key is None:
+            tail = ":p" if scope.model is None else f":m:{scope.model}"
+            key = f"{self._prefix}{scope.hash_tag}{tail}"
+            if len(self._keys) < 10_000:  # bounded: scopes come from the registry
+                self._keys[scope] = key
+        return key
 
     def _scope_of(self, key: str) -> Scope | None:
         rest = key[len(self._prefix) :]
@@ -169,21 +174,18 @@ class RedisStore(BreakerStore):
             return None
         return None
 
-    @contextmanager
-    def _guard(self, op: str, what: str) -> Iterator[None]:
-        try:
-            yield
-        except redis.RedisError as exc:
-            log.warning(
-                "breaker store unavailable op=%s scope=%s namespace=%s error=%s",
-                op,
-                what,
-                self._ns,
-                type(exc).__name__,
-            )
-            raise StoreUnavailable(
-                f"Redis did not answer the breaker {op} for {what} ({type(exc).__name__}: {exc})"
-            ) from exc
+    def _unavailable(self, op: str, scopes: Sequence[Scope], exc: redis.RedisError) -> NoReturn:
+        what = ",".join(map(str, scopes)) or "-"
+        log.warning(
+            "breaker store unavailable op=%s scope=%s namespace=%s error=%s",
+            op,
+            what,
+            self._ns,
+            type(exc).__name__,
+        )
+        raise StoreUnavailable(
+            f"Redis did not answer the breaker {op} for {what} ({type(exc).__name__}: {exc})"
+        ) from exc
 
     @staticmethod
     def _transitions(text: str, scopes: Sequence[Scope]) -> list[Transition]:
@@ -212,8 +214,10 @@ class RedisStore(BreakerStore):
         """See :meth:`BreakerStore.acquire`: one EVALSHA for all scopes."""
         names = [s for s, _ in scopes]
         argv = [policy_arg(policy) for _, policy in scopes]
-        with self._guard("acquire", ",".join(map(str, names))):
+        try:
             reply = self._acquire(keys=[self.key(s) for s in names], args=argv)
+        except redis.RedisError as exc:
+            self._unavailable("acquire", names, exc)
         parts = _text(reply).split("|")
         if parts[0] == "R":
             _, idx, reason, retry_after = parts
@@ -245,8 +249,10 @@ class RedisStore(BreakerStore):
         for grant, policy in grants:
             argv += [str(grant.generation), grant.probe_token or "", policy_arg(policy)]
         names = [g.scope for g, _ in grants]
-        with self._guard("record", ",".join(map(str, names))):
+        try:
             rows = self._record(keys=[self.key(s) for s in names], args=argv)
+        except redis.RedisError as exc:
+            self._unavailable("record", names, exc)
         return self._transitions(_text(rows), names)
 
     def control(self, scope: Scope, policy: BreakerPolicy, action: ControlAction) -> Transition:
@@ -255,31 +261,39 @@ class RedisStore(BreakerStore):
             raise PolicyError(
                 f"control action {action!r} is unknown: use one of {list(_CONTROL_ACTIONS)}"
             )
-        with self._guard("control", str(scope)):
+        try:
             row = self._control(keys=[self.key(scope)], args=[action, policy_arg(policy)])
+        except redis.RedisError as exc:
+            self._unavailable("control", [scope], exc)
         return self._transitions(_text(row), [scope])[0]
 
     def snapshot(self, scope: Scope, policy: BreakerPolicy) -> ScopeSnapshot:
         """See :meth:`BreakerStore.snapshot`: one MULTI/EXEC of TIME and HGETALL, no writes."""
-        with self._guard("snapshot", str(scope)):
+        try:
             pipe = self._client.pipeline(transaction=True)
             pipe.time()
             pipe.hgetall(self.key(scope))
             (sec, usec), raw = pipe.execute()
+        except redis.RedisError as exc:
+            self._unavailable("snapshot", [scope], exc)
         fields = {_text(k): _text(v) for k, v in raw.items()}
         return _snapshot_from_hash(scope, fields, int(sec) * 1000 + int(usec) // 1000)
 
     def scopes(self) -> list[Scope]:
         """See :meth:`BreakerStore.scopes` (SCAN over ``<ns>:cb:*``)."""
         found: set[Scope] = set()
-        with self._guard("scopes", self._prefix + "*"):
+        try:
             for key in self._client.scan_iter(match=self._prefix + "*", count=500):
                 scope = self._scope_of(_text(key))
                 if scope is not None:
                     found.add(scope)
+        except redis.RedisError as exc:
+            self._unavailable("scopes", [], exc)
         return sorted(found)
 
     def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers PING."""
-        with self._guard("ping", "-"):
+        try:
             self._client.ping()
+        except redis.RedisError as exc:
+            self._unavailable("ping", [], exc)

@@ -2,7 +2,7 @@
 
 KEYS[1]   the hash of the scope
 ARGV[1]   action: force_open | force_closed | disable | reset
-ARGV[2]   the scope's policy: 15 comma-separated numbers, in the order of acquire.lua
+ARGV[2]   the scope's policy: a JSON array of 15 numbers, in the order of acquire.lua
 Time      redis TIME (milliseconds), made monotonic by the stored field ln.
 Returns   the transition as one string "1,<from>,<to>,manual,0,0,<generation>,-1,<at_ms>"
 
@@ -20,8 +20,7 @@ local to = targets[action]
 if not to then
   return redis.error_reply('control action ' .. tostring(action) .. ' is unknown')
 end
-local pol = {}
-for x in string.gmatch(ARGV[2], '[^,]+') do pol[#pol + 1] = tonumber(x) end
+local pol = cjson.decode(ARGV[2])
 local bucket_ms, n, ttl = pol[1], pol[2], pol[15]
 
 local t = redis.call('TIME')

@@ -7,7 +7,7 @@ ARGV[3]   latency_ms of the call (a call slower than slow_call_ms is slow)
 ARGV[4]   retry_after_ms from the provider (0 = none); a rate_limited trip opens at least this long
 ARGV      then 3 values per scope i, at ARGV[4 + (i-1)*3 + 1 .. 4 + (i-1)*3 + 3]:
             1 generation of the grant  2 probe token ("" = not a probe)
-            3 the scope's policy: 15 comma-separated numbers, in the order of acquire.lua
+            3 the scope's policy: a JSON array of 15 numbers, in the order of acquire.lua
 Time      redis TIME (milliseconds), made monotonic per scope by the stored field ln.
 Returns   the transitions as one string: rows joined by ";", each "<scope_index>,<from>,<to>,
           <trigger>,<threshold>,<value>,<generation>,<open_until_ms or -1>,<at_ms>"; "" for none.
@@ -33,12 +33,15 @@ local t = redis.call('TIME')
 local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function policy(text)
-  local v = {}
-  for x in string.gmatch(text, '[^,]+') do v[#v + 1] = tonumber(x) end
+  local v = cjson.decode(text)
   return {bucket_ms = v[1], n = v[2], fr = v[3], min_calls = v[4], slow_ms = v[5], sr = v[6],
           consecutive = v[7], successes = v[9], base = v[11], factor = v[12], cap = v[13],
           jr = v[14], ttl = v[15]}
 end
+
+-- the scalar fields of a scope's hash, read in one HMGET and written back when changed
+local FIELDS = {'st', 'g', 'ou', 'oa', 'op', 'tr', 'ln', 'cf', 'ps', 'ls', 'wb', 'wn', 'hd',
+                'C', 'F', 'S'}
 
 local function fmt(x) return string.format('%.17g', x) end
 
@@ -153,8 +156,7 @@ local transitions = {}
 for i = 1, #KEYS do
   local key, a = KEYS[i], HEAD + (i - 1) * NPER
   local gen, token, pol = tonumber(ARGV[a + 1]), ARGV[a + 2], policy(ARGV[a + 3])
-  local v = redis.call('HMGET', key, 'st', 'g', 'ou', 'oa', 'op', 'tr', 'ln', 'cf', 'ps', 'ls',
-                       'wb', 'wn', 'hd', 'C', 'F', 'S')
+  local v = redis.call('HMGET', key, unpack(FIELDS))
   local s = {st = v[1] or 'closed', g = tonumber(v[2] or 0), ou = opt(v[3]),
              oa = tonumber(v[4] or 0), op = tonumber(v[5] or 0), tr = tonumber(v[6] or 0),
              cf = tonumber(v[8] or 0), ps = tonumber(v[9] or 0), ls = v[10],
@@ -162,6 +164,8 @@ for i = 1, #KEYS do
              hd = opt(v[13]), C = tonumber(v[14] or 0),
              F = tonumber(v[15] or 0), S = tonumber(v[16] or 0)}
   local now = math.max(clock, tonumber(v[7] or 0))
+  local before = {s.st, s.g, s.ou or false, s.oa, s.op, s.tr, tonumber(v[7] or -1), s.cf, s.ps,
+                  s.ls or '', s.wb or false, s.wn or false, s.hd or false, s.C, s.F, s.S}
   release_lease(s, token)
   if cls ~= 'ignored' then
     advance(key, s, pol.bucket_ms, pol.n, now)
@@ -177,11 +181,21 @@ for i = 1, #KEYS do
       if tr then transitions[#transitions + 1] = tr end
     end
   end
-  redis.call('HSET', key, 'st', s.st, 'g', s.g, 'oa', s.oa, 'op', s.op, 'tr', s.tr, 'ln', now,
-             'cf', s.cf, 'ps', s.ps, 'ls', s.ls or '', 'wb', s.wb or pol.bucket_ms,
-             'wn', s.wn or pol.n, 'hd', s.hd or math.floor(now / pol.bucket_ms),
-             'C', s.C, 'F', s.F, 'S', s.S)
-  if s.ou then redis.call('HSET', key, 'ou', s.ou) else redis.call('HDEL', key, 'ou') end
+  -- write back only the fields that changed (the HSET is most of a record's cost)
+  local new = {s.st, s.g, s.ou or false, s.oa, s.op, s.tr, now, s.cf, s.ps, s.ls or '',
+               s.wb or pol.bucket_ms, s.wn or pol.n, s.hd or math.floor(now / pol.bucket_ms),
+               s.C, s.F, s.S}
+  local changed = {}
+  for j = 1, #FIELDS do
+    local value = new[j]
+    if value ~= false and value ~= before[j] then
+      changed[#changed + 1] = FIELDS[j]
+      if type(value) == 'number' then value = string.format('%.17g', value) end
+      changed[#changed + 1] = value
+    end
+  end
+  if #changed > 0 then redis.call('HSET', key, unpack(changed)) end
+  if not s.ou and v[3] then redis.call('HDEL', key, 'ou') end
   if s.st == 'forced_open' or s.st == 'forced_closed' or s.st == 'disabled'
       or (s.st == 'open' and not s.ou) then
     redis.call('PERSIST', key)  -- sticky states last until an operator changes them
