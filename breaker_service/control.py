@@ -72,7 +72,7 @@ class BreakerControl:
             transition, worker=self._worker_id, actor=who, reason=reason.strip()
         )
         self._events.append(event)
-        log.warning(
+        log.info(
             "breaker=%s manual action=%s from=%s to=%s generation=%d actor=%s reason=%s",
             scope,
             action,

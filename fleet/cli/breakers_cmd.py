@@ -121,7 +121,9 @@ def list_cmd(as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(rows)
         return
-    table = Table("scope", "state", "failure rate", "calls", "open for", "trips")
+    table = Table(box=None, pad_edge=False)
+    for title in ("scope", "state", "fail rate", "calls", "open for", "trips"):
+        table.add_column(title, no_wrap=True)
     for r in rows:
         table.add_row(
             r["scope"],
@@ -131,7 +133,7 @@ def list_cmd(as_json: JsonOpt = False) -> None:
             _open_text(r),
             str(r["trips"]),
         )
-    Console().print(table)
+    Console(width=max(100, Console().width)).print(table)
 
 
 def show_cmd(scope: ScopeArg, as_json: JsonOpt = False) -> None:
