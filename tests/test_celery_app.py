@@ -3,8 +3,11 @@ worker that refuses pickle messages."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from celery.app.utils import find_app
@@ -105,3 +108,34 @@ def test_worker_refuses_pickle_and_runs_nothing(
         )
         assert jobs.store.get(job.job_id).state == "queued"  # never ran
         assert jobs.store.get(job.job_id).deliveries == 0
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_fleet_worker_command_starts_a_consuming_worker(fleet_settings: FleetSettings) -> None:
+    env = {
+        **os.environ,
+        "FLEET_REDIS_URL": fleet_settings.redis_url,
+        "FLEET_NAMESPACE": fleet_settings.namespace,
+        "PYTHONUNBUFFERED": "1",
+    }
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from fleet.cli import main; main()", "worker", "-c", "1",
+             "--without-heartbeat", "-n", "cli@fleet-test"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")
+
+        try:
+            wait_until(lambda: " ready." in output(), timeout_s=60, message="fleet worker ready")
+            text = output()
+            assert ".> agents" in text
+            assert ".> escalation" in text
+            assert "fleet.run_agent_job" in text
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)

@@ -59,8 +59,17 @@ class RuntimeHolder:
         return self._runtime
 
     def on_process_init(self, **_: Any) -> None:
-        """worker_process_init handler: build the runtime in each fresh pool process."""
-        self.get()
+        """worker_process_init handler: build the runtime in each fresh pool process.
+
+        A failure is logged, not raised: the pool process stays up and each job retries
+        building the runtime (and is retried itself) until the cause is fixed.
+        """
+        try:
+            self.get()
+        except Exception:
+            log.exception(
+                "worker runtime not ready; jobs will retry worker=%s", self.settings.worker_id
+            )
 
 
 def build_runtime(settings: FleetSettings, app: Celery) -> WorkerRuntime:
