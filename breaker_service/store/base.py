@@ -26,6 +26,13 @@ Semantic decisions common to both stores:
   state); an IGNORED probe frees its lease.
 - **Generations**: every transition increments the scope's generation. An outcome whose
   grant carries an older generation updates the window only.
+- **429**: a RATE_LIMITED outcome counts as a failure and trips through the rule it fires
+  (``consecutive``, ``failure_rate``; ``probe_failed`` in half_open), so the Transition names
+  that rule and its numbers; its Retry-After shows as ``open_until_ms``. The stores never emit
+  the ``rate_limited`` trigger (kept in :data:`Trigger` for listeners that want to tag it).
+- **Probe leases** expire after ``probe_lease_ms``; at most ``half_open_max_probes`` live
+  leases exist per scope (expired ones are reclaimed on the next acquire). A probe success
+  from an expired lease still counts if the generation is current.
 """
 
 from __future__ import annotations
