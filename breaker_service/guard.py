@@ -100,16 +100,24 @@ class StoreGuard:
             except redis.RedisError as exc:
                 raise StoreUnavailable(f"store {self.name} did not answer: {exc}") from exc
         except StoreUnavailable as exc:
-            self._record(exc)
+            self._record(exc, trial=trial)
             raise
         else:
-            self._record(None)
+            self._record(None, trial=trial)
             return result
         finally:
             if trial:
                 self._trial.release()
 
-    def _record(self, exc: StoreUnavailable | None) -> None:
+    def _record(self, exc: StoreUnavailable | None, *, trial: bool) -> None:
+        if trial:  # the trial decides, whatever pybreaker's own wall-clock timer says
+            if exc is None:
+                self._cb.close()
+            else:
+                self._cb.open()
+            return
+        if exc is None and self._cb.fail_counter == 0:
+            return  # closed and nothing to reset: skip pybreaker's lock on the hot path
         with contextlib.suppress(pybreaker.CircuitBreakerError, StoreUnavailable):
             self._cb.call(_report, exc)
 
