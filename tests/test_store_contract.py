@@ -281,6 +281,31 @@ def test_probe_limit_and_lease_expiry(h: Harness) -> None:
     assert h.store.snapshot(MODEL, p).state == "half_open"
 
 
+def test_ignored_probe_frees_its_lease(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=100)
+    trip(h, p)
+    h.elapse(100)
+    res, _ = h.store.acquire([(MODEL, p)])
+    assert h.store.acquire([(MODEL, p)])[0].reason == "half_open_full"
+    assert h.store.record([(res.grants[0], p)], IGNORED, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.probes_in_flight, snap.probe_successes) == ("half_open", 0, 0)
+    assert h.store.acquire([(MODEL, p)])[0].allowed
+
+
+def test_late_probe_success_after_lease_expiry_still_counts(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=100, probe_lease_ms=300, half_open_successes=2)
+    trip(h, p)
+    h.elapse(100)
+    slow, _ = h.store.acquire([(MODEL, p)])
+    h.elapse(300)  # the slow prober's lease lapses: another caller may probe
+    fresh, trs = h.store.acquire([(MODEL, p)])
+    assert fresh.allowed and trs == []
+    assert h.store.record([(slow.grants[0], p)], OK, jitter=0) == []
+    (tr,) = h.store.record([(fresh.grants[0], p)], OK, jitter=0)
+    assert (tr.to_state, tr.value) == ("closed", 2.0)
+
+
 def test_k_probe_successes_close_with_fresh_window(h: Harness) -> None:
     p = pol(consecutive_failures=1, open_base_ms=100, half_open_max_probes=2,
             half_open_successes=2)  # fmt: skip
