@@ -379,3 +379,23 @@ def test_public_api_is_pinned() -> None:
     assert sorted(breaker_service.__all__) == sorted(EXPORTED)
     for name in breaker_service.__all__:
         assert getattr(breaker_service, name).__doc__, f"{name} needs a docstring"
+
+
+def test_from_settings_uses_namespace_fallback_worker_and_stream(
+    fleet_settings: FleetSettings,
+) -> None:
+    settings = FleetSettings.load(
+        redis_url=fleet_settings.redis_url,
+        namespace="fs",
+        worker_id="host:42",
+        breaker_fallback="fail_closed",
+        events_maxlen=100,
+    )
+    client = redis.Redis.from_url(settings.redis_url)
+    fb = FleetBreaker.from_settings(settings, client, lambda _s: POLICY)
+    assert fb.fallback == "fail_closed" and fb.worker_id == "host:42"
+    _trip(fb, [PROV])
+    [(_id, fields)] = client.xrange("fs:events")
+    assert fields[b"worker"] == b"host:42" and fields[b"to"] == b"open"
+    assert RedisStore(client, namespace="fs").snapshot(PROV, POLICY).state == "open"
+    fb.close()
