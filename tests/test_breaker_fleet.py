@@ -231,7 +231,12 @@ def test_paused_redis_every_process_degrades_per_setting(
     fleet = Fleet(server.url, tmp_path)
     stop = tmp_path / "stop"
     policy = BreakerPolicy()
-    modes = {f"l{i}": "local" for i in range(4)} | {f"c{i}": "fail_closed" for i in range(4)}
+    modes = (
+        {f"l{i}": "local" for i in range(3)}
+        | {f"c{i}": "fail_closed" for i in range(3)}
+        | {f"o{i}": "fail_open" for i in range(2)}
+    )
+    degraded_as = {"local": "degraded", "fail_closed": "reject", "fail_open": "bypass"}
     outs = {w: tmp_path / f"{w}.jsonl" for w in modes}
     try:
         for w, mode in modes.items():
@@ -248,10 +253,7 @@ def test_paused_redis_every_process_degrades_per_setting(
         mark = {w: len(_lines(outs[w])) for w in modes}
         wait_until(
             lambda: all(
-                any(
-                    r.get("d") == ("degraded" if modes[w] == "local" else "reject")
-                    for r in _lines(outs[w])[mark[w] :]
-                )
+                any(r.get("d") == degraded_as[modes[w]] for r in _lines(outs[w])[mark[w] :])
                 for w in modes
             ),
             timeout_s=20,
@@ -274,9 +276,8 @@ def test_paused_redis_every_process_degrades_per_setting(
     assert errors == [], "no call may raise (RedisError or otherwise)"
     for w, rs in rows.items():
         seen = {r.get("d") for r in rs} | {r.get("reason") for r in rs}
-        if modes[w] == "local":
-            assert "degraded" in seen and "store_unavailable" not in seen
-        else:
-            assert "store_unavailable" in seen and "degraded" not in seen
+        others = {"degraded", "store_unavailable", "bypass"} - {degraded_as[modes[w]]}
+        expected = "store_unavailable" if modes[w] == "fail_closed" else degraded_as[modes[w]]
+        assert expected in seen and not (seen & others - {expected}), (w, seen)
     slowest = max(r["ms"] for rs in rows.values() for r in rs if "ms" in r)
     print(f"slowest call while Redis paused: {slowest} ms (socket timeout 250 ms)")
