@@ -347,6 +347,15 @@ def test_open_time_jitter_and_cap(h: Harness) -> None:
     assert p.open_ms_for(5) == 1_500  # the cap bounds the backoff
 
 
+@pytest.mark.parametrize("jitter", [float("nan"), float("inf"), -3.0])
+def test_bad_jitter_never_breaks_the_open_period(h: Harness, jitter: float) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=1_000, jitter_ratio=0.5)
+    res, _ = h.store.acquire([(MODEL, p)])
+    (tr,) = h.store.record([(res.grants[0], p)], FAIL, jitter=jitter)
+    assert tr.open_until_ms is not None
+    assert tr.open_until_ms - tr.at_ms == 1_000
+
+
 def test_non_probe_success_does_not_close_half_open(h: Harness) -> None:
     p = pol(consecutive_failures=1, open_base_ms=100)
     trip(h, p)

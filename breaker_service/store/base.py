@@ -37,6 +37,7 @@ Semantic decisions common to both stores:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ RejectReason = Literal["open", "half_open_full", "forced_open", "credential"]
 
 FORCED_OPEN_RETRY_AFTER_MS = 60_000
 """``retry_after_ms`` reported for a forced_open or credential-open scope (no end known)."""
+
+
+def clamp_jitter(jitter: float) -> float:
+    """``jitter`` forced into ``[0, 1]`` (NaN and infinities become 0): a bad draw never
+    produces a negative, endless or NaN open period."""
+    value = float(jitter)
+    return min(max(value, 0.0), 1.0) if math.isfinite(value) else 0.0
 
 
 @dataclass(frozen=True)

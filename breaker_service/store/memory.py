@@ -28,6 +28,7 @@ from breaker_service.store.base import (
     State,
     Transition,
     Trigger,
+    clamp_jitter,
 )
 
 _CONTROL_TARGET: dict[str, State] = {
@@ -285,7 +286,7 @@ class MemoryStore(BreakerStore):
         jitter: float,
     ) -> list[Transition]:
         """See :meth:`BreakerStore.record`."""
-        jitter = min(max(float(jitter), 0.0), 1.0)
+        jitter = clamp_jitter(jitter)
         with self._lock:
             now = self._now()
             out = []

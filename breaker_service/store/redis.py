@@ -49,6 +49,7 @@ from breaker_service.store.base import (
     State,
     Transition,
     Trigger,
+    clamp_jitter,
 )
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ class RedisStore(BreakerStore):
         """See :meth:`BreakerStore.record`: one EVALSHA for all grants."""
         if not grants:
             return []
-        jitter = min(max(float(jitter), 0.0), 1.0)
+        jitter = clamp_jitter(jitter)
         argv = [
             repr(jitter),
             str(outcome.cls),
