@@ -330,3 +330,10 @@ def test_redis_and_memory_stores_agree_step_by_step(client: redis.Redis, seed: i
     assert mem.scopes() == red.scopes()
     # the run really went through trips and half-open periods (seeds 1 and 3 also close)
     assert {"failure_rate", "open_elapsed", "probe_failed"} <= triggers
+
+
+def test_acquire_on_closed_scopes_writes_nothing(client: redis.Redis, store: RedisStore) -> None:
+    res, _ = store.acquire([(PROVIDER, POLICY), (MODEL, POLICY)])
+    assert res.allowed
+    assert client.exists(store.key(PROVIDER), store.key(MODEL)) == 0
+    assert store.scopes() == []
