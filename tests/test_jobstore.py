@@ -15,6 +15,7 @@ from fleet.redis_client import make_redis
 from fleet.settings import FleetSettings
 from fleet.stepcache import StepCacheMiddleware, completed_steps
 from fleet.testing import free_port
+from fleet.testing.redis_container import RedisContainer
 from fleet.types import Attempt, LLMResult, Usage
 
 pytestmark = pytest.mark.docker
@@ -202,3 +203,25 @@ def test_wrong_type_reply_is_state_unavailable(store: JobStore) -> None:
     store.redis.set(store.job_key("x" * 32), "not a hash")
     with pytest.raises(StateUnavailable):
         store.state("x" * 32)
+
+
+def test_records_survive_a_redis_restart(redis_container: RedisContainer) -> None:
+    settings = FleetSettings.load(redis_url=redis_container.url, namespace="test")
+    store = JobStore(settings, make_redis(settings))
+    jobs = [_job() for _ in range(20)]
+    for job in jobs:
+        store.create(job)
+    for job in jobs[:5]:
+        store.finish(job.job_id, "succeeded", result={"n": 1})
+    before = (store.counts(), store.state_sizes(), [store.get(j.job_id) for j in jobs])
+
+    redis_container.restart()  # graceful restart: the AOF is replayed
+
+    after_store = JobStore(settings, make_redis(settings))
+    after = (
+        after_store.counts(),
+        after_store.state_sizes(),
+        [after_store.get(j.job_id) for j in jobs],
+    )
+    assert after == before
+    assert after_store.finish(jobs[5].job_id, "failed", error="x")  # scripts load again
