@@ -3,6 +3,7 @@
 The public API is pinned by ``__all__`` (and by ``tests/test_exported_members.py``).
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from fleet.errors import (
@@ -25,19 +26,31 @@ from fleet.settings import FleetSettings
 from fleet.types import Attempt, LLMResult, Usage
 
 if TYPE_CHECKING:
+    from fleet.escalation import EscalationQueue
     from fleet.jobs import AgentJob, JobHandle, submit, submit_pipeline
+    from fleet.llm import FleetClient, allm_call, llm_call, set_default_client
 
 __version__ = "0.1.0"
-_JOBS_API = ("AgentJob", "JobHandle", "submit", "submit_pipeline")
+# Loaded on first use, so that `import fleet` stays light (no Celery, httpx or Redis clients).
+_LAZY = {
+    "AgentJob": "fleet.jobs",
+    "JobHandle": "fleet.jobs",
+    "submit": "fleet.jobs",
+    "submit_pipeline": "fleet.jobs",
+    "FleetClient": "fleet.llm",
+    "llm_call": "fleet.llm",
+    "allm_call": "fleet.llm",
+    "set_default_client": "fleet.llm",
+    "EscalationQueue": "fleet.escalation",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """``fleet.submit`` and the other job names load :mod:`fleet.jobs` (Celery) on first use."""
-    if name in _JOBS_API:
-        from fleet import jobs  # noqa: PLC0415 - keeps `import fleet` light
-
-        return getattr(jobs, name)
-    raise AttributeError(f"module 'fleet' has no attribute {name!r}")
+    """Load ``fleet.llm_call``, ``fleet.submit`` and friends from their module on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fleet' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [
@@ -49,6 +62,8 @@ __all__ = [
     "ConfigError",
     "ContentPolicyViolation",
     "ContextLengthExceeded",
+    "EscalationQueue",
+    "FleetClient",
     "FleetError",
     "FleetSettings",
     "JobHandle",
@@ -62,6 +77,9 @@ __all__ = [
     "UnknownTaskType",
     "Usage",
     "__version__",
+    "allm_call",
+    "llm_call",
+    "set_default_client",
     "submit",
     "submit_pipeline",
 ]
