@@ -74,21 +74,40 @@ class RuntimeHolder:
 
 def build_runtime(settings: FleetSettings, app: Celery) -> WorkerRuntime:
     """Redis client, job client, agents, registry and a default FleetClient with step cache."""
+    from breaker_service.listeners import BreakerListener  # noqa: PLC0415 - worker only
+    from fleet.escalation import EscalationQueue  # noqa: PLC0415 - worker only
     from fleet.llm import FleetClient, set_default_client  # noqa: PLC0415 - heavy, worker only
     from fleet.registry import load_registry  # noqa: PLC0415 - worker only
+    from fleet.replay import AutoReplayListener, registry_auto_replay  # noqa: PLC0415
+    from fleet.sentry import SentryBreakerListener, init_sentry  # noqa: PLC0415
 
     client = make_redis(settings)
     registry = load_registry(settings.registry_path)
+    escalations = EscalationQueue(
+        settings, client, auto_replay_enabled=registry_auto_replay(registry)
+    )
+    sentry_on = init_sentry(settings)
+    listeners: list[BreakerListener] = [AutoReplayListener(escalations)]
+    if sentry_on:
+        listeners.append(SentryBreakerListener())
     fleet_client = FleetClient(
         settings,
         registry=registry,
         redis=client,
         middleware=[StepCacheMiddleware(settings, client)],
+        breaker_listeners=listeners,
     )
     set_default_client(fleet_client)
     jobs = JobClient(settings, redis_client=client, catalog=load_catalog(settings), app=app)
-    log.info("worker runtime ready worker=%s agents=%s", settings.worker_id, jobs.catalog.names())
-    return WorkerRuntime(settings=settings, redis=client, jobs=jobs, registry=registry)
+    log.info(
+        "worker runtime ready worker=%s agents=%s sentry=%s auto_replay=on",
+        settings.worker_id,
+        jobs.catalog.names(),
+        sentry_on,
+    )
+    return WorkerRuntime(
+        settings=settings, redis=client, jobs=jobs, registry=registry, _escalations=escalations
+    )
 
 
 def _jsonable(output: Any) -> Any:

@@ -152,6 +152,18 @@ class Observer:
         self.text.close()
 
 
+def _submit_tick(jobs: JobClient, n: int) -> None:
+    """One tick of the job stream: an SEO pipeline, plus a classification (policy degrade)
+    and a structured extraction (policy fail) every other tick."""
+    jobs.submit_pipeline(
+        SEO_PIPELINE, {"domain": f"site{n}.example", "keywords": ["llm", "breaker"]}
+    )
+    if n % 2 == 0:
+        text = {"text": f"ticket {n}: the checkout page times out"}
+        jobs.submit("triage.classify", text)
+        jobs.submit("extract.fields", text)
+
+
 def _settled(jobs: JobClient, escalations: EscalationQueue) -> bool:
     sizes = jobs.store.state_sizes()
     return sizes.get("queued", 0) == 0 and sizes.get("running", 0) == 0
@@ -181,10 +193,7 @@ def run_demo(
                 next_submit = time.monotonic()
                 while time.monotonic() < phase_end:
                     if phase.submit and time.monotonic() >= next_submit:
-                        jobs.submit_pipeline(
-                            SEO_PIPELINE,
-                            {"domain": f"site{pipelines}.example", "keywords": ["llm", "breaker"]},
-                        )
+                        _submit_tick(jobs, pipelines)
                         pipelines += 1
                         next_submit += 1.0 / config.pipelines_per_s
                     on_frame(observer.snapshot(phase.name, time.monotonic() - started,
