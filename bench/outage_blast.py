@@ -27,9 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from fleet.providers.simulated import SimControl, SimulatedProvider
 
 from bench._common import cpu_note, redis_server
+from fleet.providers.simulated import SimControl, SimulatedProvider
 from fleet.testing.wait import free_port, wait_until
 
 CONTENDERS = ("agent-fleet", "pybreaker-memory", "pybreaker-redis", "no-breaker")
@@ -87,12 +87,12 @@ def _fleet_attempt(
     redis_url: str, run_id: str, send: Callable[[httpx.Client], None]
 ) -> Callable[[httpx.Client], None]:
     import redis
-    from breaker_service.breaker import FleetBreaker, Rejection
-    from breaker_service.store.redis import RedisStore
 
+    from breaker_service.breaker import FleetBreaker, Rejection
     from breaker_service.outcomes import Outcome, OutcomeClass
     from breaker_service.policy import BreakerPolicy
     from breaker_service.scope import Scope
+    from breaker_service.store.redis import RedisStore
 
     policy = BreakerPolicy(
         consecutive_failures=FAIL_MAX, failure_rate_threshold=0.5, minimum_calls=10,
