@@ -5,6 +5,7 @@ server clock (a condition, never a fixed sleep); no assertion depends on how lon
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from breaker_service.store import (
     AcquireResult,
     BreakerStore,
     MemoryStore,
+    RecordItem,
     ScopeGrant,
     Transition,
 )
@@ -556,6 +558,158 @@ def test_ping_answers(h: Harness) -> None:
 # -- Scope ------------------------------------------------------------------------------------
 
 
+# -- aggregated successes (the background sender's coalesced records) -----------------------
+
+SLOW_OK = Outcome(OutcomeClass.SUCCESS, latency_ms=5_000)
+TWIN = Scope("sambanova", "twin")
+
+
+def _grant(h: Harness, scope: Scope, p: BreakerPolicy) -> ScopeGrant:
+    res, _ = h.store.acquire([(scope, p)])
+    assert res.allowed
+    return res.grants[0]
+
+
+def _view(h: Harness, scope: Scope, p: BreakerPolicy) -> tuple[object, ...]:
+    s = h.store.snapshot(scope, p)
+    return (s.state, s.generation, s.calls, s.failures, s.slow_calls, s.consecutive_failures)
+
+
+def _rule(trs: list[Transition]) -> list[tuple[object, ...]]:
+    return [(t.from_state, t.to_state, t.trigger, t.threshold, round(t.value, 9)) for t in trs]
+
+
+def _singles_vs_aggregate(
+    h: Harness, p: BreakerPolicy, before: list[Outcome], fast: int, slow: int
+) -> None:
+    """MODEL gets ``fast`` then ``slow`` single successes, TWIN one aggregate of them; both
+    first see the same ``before`` outcomes. Everything observable must match."""
+    # every call started before any was recorded (if ``before`` trips, the rest is old news)
+    grant, twin = _grant(h, MODEL, p), _grant(h, TWIN, p)
+    for g in (grant, twin):
+        for outcome in before:
+            h.store.record([(g, p)], outcome, jitter=0)
+    singles: list[Transition] = []
+    for outcome in [OK] * fast + [SLOW_OK] * slow:
+        singles += h.store.record([(grant, p)], outcome, jitter=0)
+    if fast + slow:
+        aggregate = h.store.record([(twin, p)], OK, jitter=0, count=fast + slow, slow=(slow,))
+        assert _rule(aggregate) == _rule(singles)
+    assert _view(h, TWIN, p) == _view(h, MODEL, p)
+
+
+@pytest.mark.parametrize(
+    ("before", "fast", "slow"),
+    [
+        ([], 7, 0),  # nothing to trip: only the window grows
+        ([], 5, 2),  # slow calls below the rate
+        ([FAIL, FAIL, FAIL], 3, 0),  # consecutive failures reset
+        ([SLOW_OK, SLOW_OK, SLOW_OK], 5, 0),  # the 1st fast call reaches min_calls: trips
+        ([], 2, 4),  # trips at the 2nd slow call; the 2 after it land in the fresh window
+        ([OK, OK, OK, OK, OK, OK], 1, 6),  # trips once enough slow calls pile up
+        ([SLOW_OK], 1, 1),  # trips exactly at the last call
+    ],
+)
+def test_aggregate_equals_singles(h: Harness, before: list[Outcome], fast: int, slow: int) -> None:
+    p = pol(minimum_calls=4, slow_call_rate_threshold=0.5, consecutive_failures=10)
+    _singles_vs_aggregate(h, p, before, fast, slow)
+
+
+def test_aggregate_equals_singles_randomised(h: Harness) -> None:
+    rng = random.Random(7)
+    for trial in range(12 if h.kind == "redis" else 60):
+        p = pol(
+            minimum_calls=rng.randint(1, 8),
+            slow_call_rate_threshold=rng.choice([0.2, 0.5, 0.75, 1.0]),
+            consecutive_failures=1_000,
+        )
+        before = [rng.choice([OK, SLOW_OK, FAIL]) for _ in range(rng.randint(0, 6))]
+        h.store.control(MODEL, p, "reset")
+        h.store.control(TWIN, p, "reset")
+        try:
+            _singles_vs_aggregate(h, p, before, rng.randint(0, 6), rng.randint(0, 6))
+        except AssertionError as exc:
+            raise AssertionError(f"trial {trial}: {p} before={before}") from exc
+
+
+def test_aggregate_counts_slow_calls_per_scope(h: Harness) -> None:
+    p = pol()
+    res, _ = h.store.acquire([(PROVIDER, p), (MODEL, p)])
+    pairs = [(g, p) for g in res.grants]
+    assert h.store.record(pairs, OK, jitter=0, count=5, slow=(3, 0)) == []
+    prov, model = h.store.snapshot(PROVIDER, p), h.store.snapshot(MODEL, p)
+    assert (prov.calls, prov.slow_calls, model.calls, model.slow_calls) == (5, 3, 5, 0)
+    # slow=None judges the outcome's latency against each scope's slow_call_ms
+    assert h.store.record(pairs, SLOW_OK, jitter=0, count=2) == []
+    assert h.store.snapshot(PROVIDER, p).slow_calls == 5
+    assert h.store.snapshot(MODEL, p).slow_calls == 2
+
+
+def test_aggregate_in_half_open_never_closes(h: Harness) -> None:
+    p = pol(consecutive_failures=1, open_base_ms=100, half_open_successes=1)
+    trip(h, p)
+    h.elapse(100)
+    res, _ = h.store.acquire([(MODEL, p)])
+    assert res.grants[0].probe_token  # the probe lease is held
+    current = ScopeGrant(MODEL, res.grants[0].generation, None)
+    assert h.store.record([(current, p)], OK, jitter=0, count=50) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.probe_successes, snap.calls) == ("half_open", 0, 50)
+    assert snap.probes_in_flight == 1
+
+
+def test_aggregate_of_old_generation_updates_window_only(h: Harness) -> None:
+    p = pol(consecutive_failures=2, open_base_ms=60_000)
+    old = _grant(h, MODEL, p)
+    trip(h, p)
+    before = h.store.snapshot(MODEL, p)
+    assert h.store.record([(old, p)], SLOW_OK, jitter=0, count=9) == []
+    after = h.store.snapshot(MODEL, p)
+    assert (after.state, after.generation) == ("open", before.generation)
+    assert (after.calls, after.slow_calls) == (before.calls + 9, before.slow_calls + 9)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (OK, 0, None, None, "count"),
+        (FAIL, 2, None, None, "count"),
+        (OK, 2, None, "7", "count"),
+        (OK, 2, (1, 1), None, "slow"),
+        (OK, 2, (3,), None, "slow"),
+        (OK, 2, (-1,), None, "slow"),
+    ],
+)
+def test_bad_aggregates_are_refused(
+    h: Harness, case: tuple[Outcome, int, tuple[int, ...] | None, str | None, str]
+) -> None:
+    outcome, count, slow, token, field = case
+    p = pol()
+    grant = ScopeGrant(MODEL, 0, token)
+    with pytest.raises(PolicyError, match=field):
+        h.store.record([(grant, p)], outcome, jitter=0, count=count, slow=slow)
+    assert h.store.snapshot(MODEL, p).calls == 0
+
+
+def test_record_many_applies_in_order(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100)
+    for scope in (MODEL, TWIN):
+        h.call(FAIL, p, (scope,))
+        h.call(FAIL, p, (scope,))
+    m, t = _grant(h, MODEL, p), _grant(h, TWIN, p)
+    successes = RecordItem(((m, p),), OK, count=4, slow=(0,))
+    # pending successes first, then the failure: the success resets, the failure counts 1
+    assert h.store.record_many([successes, RecordItem(((m, p),), FAIL)], jitter=0) == []
+    assert h.store.snapshot(MODEL, p).consecutive_failures == 1
+    # the other order trips (3 consecutive) and the successes land in the fresh window
+    late = RecordItem(((t, p),), OK, count=4, slow=(0,))
+    trs = h.store.record_many([RecordItem(((t, p),), FAIL), late], jitter=0)
+    assert [tr.trigger for tr in trs] == ["consecutive"]
+    snap = h.store.snapshot(TWIN, p)
+    assert (snap.state, snap.calls, snap.consecutive_failures) == ("open", 4, 0)
+    assert h.store.record_many([], jitter=0) == []
+
+
 def test_scope_round_trips_and_sorts() -> None:
     assert str(MODEL) == "sambanova/llama-70b"
     assert Scope.parse("sambanova/llama-70b") == MODEL
@@ -582,6 +736,7 @@ def test_store_package_exports() -> None:
             "BreakerStore",
             "ControlAction",
             "MemoryStore",
+            "RecordItem",
             "RedisStore",
             "RejectReason",
             "ScopeGrant",

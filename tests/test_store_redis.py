@@ -16,7 +16,7 @@ from breaker_service.errors import PolicyError, StoreUnavailable
 from breaker_service.outcomes import Outcome, OutcomeClass
 from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
-from breaker_service.store import ControlAction, MemoryStore, ScopeGrant
+from breaker_service.store import ControlAction, MemoryStore, RecordItem, ScopeGrant
 from breaker_service.store.redis import RedisStore
 from fleet.testing import wait_until
 from fleet.testing.redis_container import RedisContainer
@@ -79,6 +79,37 @@ def test_one_round_trip_per_acquire_and_per_record(redis_url: str) -> None:
     finally:
         conn.close()
         pool.disconnect()
+
+
+def test_record_many_is_one_round_trip_in_order(redis_url: str) -> None:
+    """A failing call's record and the pending successes before it share one round trip."""
+    pool = redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
+    conn = redis.Redis(connection_pool=pool)
+    try:
+        store = RedisStore(conn, namespace="test")
+        res, _ = store.acquire([(PROVIDER, POLICY), (MODEL, POLICY)])
+        pairs = tuple((g, POLICY) for g in res.grants)
+        store.record(pairs, OK, jitter=0)  # loads record.lua
+        CountingConnection.sent = 0
+        items = [RecordItem(pairs, OK, count=40, slow=(0, 0)), RecordItem(pairs, FAIL)]
+        assert store.record_many(items, jitter=0.5) == []
+        assert CountingConnection.sent == 1
+        snap = store.snapshot(MODEL, POLICY)
+        assert (snap.calls, snap.failures, snap.consecutive_failures) == (42, 1, 1)
+    finally:
+        conn.close()
+        pool.disconnect()
+
+
+def test_record_many_reloads_scripts_after_script_flush(
+    client: redis.Redis, store: RedisStore
+) -> None:
+    res, _ = store.acquire([(MODEL, POLICY)])
+    pairs = ((res.grants[0], POLICY),)
+    client.script_flush()
+    items = [RecordItem(pairs, OK, count=3), RecordItem(pairs, FAIL)]
+    assert store.record_many(items, jitter=0) == []
+    assert store.snapshot(MODEL, POLICY).calls == 4
 
 
 def test_keys_share_the_provider_hash_tag(store: RedisStore) -> None:

@@ -59,6 +59,17 @@ class SlidingWindow:
             self._s[slot] += 1
             self.slow += 1
 
+    def add_successes(self, now_ms: int, calls: int, slow: int) -> None:
+        """Count ``calls`` successful calls at ``now_ms``, ``slow`` of them slow."""
+        if calls <= 0:
+            return
+        self.advance(now_ms)
+        slot = self._head % self.size
+        self._c[slot] += calls
+        self.calls += calls
+        self._s[slot] += slow
+        self.slow += slow
+
     def clear(self, now_ms: int) -> None:
         """Start a fresh, empty window at ``now_ms``."""
         for ring in (self._c, self._f, self._s):

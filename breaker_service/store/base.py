@@ -30,6 +30,15 @@ Semantic decisions common to both stores:
   (``consecutive``, ``failure_rate``; ``probe_failed`` in half_open), so the Transition names
   that rule and its numbers; its Retry-After shows as ``open_until_ms``. The stores never emit
   the ``rate_limited`` trigger (kept in :data:`Trigger` for listeners that want to tag it).
+- **Aggregated successes**: ``record(..., count=n, slow=(k1, k2...))`` counts ``n``
+  SUCCESS calls of one grant set at once (``slow[i]`` of them slow for scope ``i``). It
+  equals ``n`` single records applied in this order: the fast calls, then the slow ones. So
+  the window gains ``n`` calls and ``slow[i]`` slow calls, the consecutive counter resets, a
+  slow-call trip fires at exactly the call that n singles would trip on (the calls after it
+  count in the fresh window), and in half_open nothing closes (aggregates carry no probe
+  token). Only non-probe SUCCESS may be aggregated (``count > 1``); anything else raises
+  PolicyError. :meth:`BreakerStore.record_many` sends several records in one round trip, in
+  order.
 - **Probe leases** expire after ``probe_lease_ms``; at most ``half_open_max_probes`` live
   leases exist per scope (expired ones are reclaimed on the next acquire). A probe success
   from an expired lease still counts if the generation is current.
@@ -43,7 +52,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from breaker_service.outcomes import Outcome
+from breaker_service.errors import PolicyError
+from breaker_service.outcomes import Outcome, OutcomeClass
 from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
 
@@ -78,6 +88,57 @@ def clamp_jitter(jitter: float) -> float:
     produces a negative, endless or NaN open period."""
     value = float(jitter)
     return min(max(value, 0.0), 1.0) if math.isfinite(value) else 0.0
+
+
+def check_aggregate(
+    grants: Sequence[tuple[ScopeGrant, BreakerPolicy]],
+    outcome: Outcome,
+    count: int,
+    slow: Sequence[int] | None,
+) -> None:
+    """Raise PolicyError unless ``count``/``slow`` describe a valid record (see module doc)."""
+    if not isinstance(count, int) or count < 1:
+        raise PolicyError(f"record count={count!r} is invalid: use an int >= 1 (1 = one call)")
+    if slow is not None:
+        if len(slow) != len(grants):
+            raise PolicyError(
+                f"record slow={tuple(slow)!r} is invalid: give one slow-call count per grant "
+                f"({len(grants)}), or None to judge the outcome's latency"
+            )
+        if any(not isinstance(k, int) or not 0 <= k <= count for k in slow):
+            raise PolicyError(
+                f"record slow={tuple(slow)!r} is invalid: each count must be an int in "
+                f"[0, count={count}]"
+            )
+    if count > 1 and (
+        outcome.cls is not OutcomeClass.SUCCESS or any(g.probe_token is not None for g, _ in grants)
+    ):
+        raise PolicyError(
+            f"record count={count} is only valid for non-probe SUCCESS outcomes (got "
+            f"{outcome.cls}): record failures and probe outcomes one at a time"
+        )
+
+
+def aggregate_trip_point(
+    *, calls: int, slow_calls: int, policy: BreakerPolicy, fast: int, slow: int
+) -> tuple[int, int] | None:
+    """Where ``fast`` then ``slow`` single successes would trip a closed scope on slow calls.
+
+    ``calls``/``slow_calls`` are the live window totals before them. Returns ``(f, s)``: the
+    trip happens right after ``f`` fast and ``s`` slow successes were counted; None: no trip.
+    Fast calls only lower the slow rate, so among them only the one that brings the window
+    to ``minimum_calls`` can trip; slow calls only raise it, so the first that satisfies the
+    rule trips.
+    """
+    m, rate = policy.minimum_calls, policy.slow_call_rate_threshold
+    j = max(1, m - calls)
+    if j <= fast and slow_calls > 0 and slow_calls / (calls + j) >= rate:
+        return j, 0
+    base = calls + fast
+    for k in range(1, slow + 1):
+        if base + k >= m and (slow_calls + k) / (base + k) >= rate:
+            return fast, k
+    return None
 
 
 @dataclass(frozen=True)
@@ -132,6 +193,20 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class RecordItem:
+    """One record for :meth:`BreakerStore.record_many`: the arguments of one ``record`` call.
+
+    ``count``/``slow`` aggregate successes (see the module docstring); ``slow`` None judges
+    ``outcome.latency_ms`` against each scope's ``slow_call_ms``.
+    """
+
+    grants: tuple[tuple[ScopeGrant, BreakerPolicy], ...]
+    outcome: Outcome
+    count: int = 1
+    slow: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
 class ScopeSnapshot:
     """A read-only view of one scope (for the CLI and operators); window values are live."""
 
@@ -172,12 +247,28 @@ class BreakerStore(ABC):
         outcome: Outcome,
         *,
         jitter: float,
+        count: int = 1,
+        slow: Sequence[int] | None = None,
     ) -> list[Transition]:
         """Count ``outcome`` against every granted scope, in one atomic step.
 
         ``jitter`` in ``[0, 1)`` is drawn by the caller; it stretches the open period by up to
         ``jitter_ratio``. A grant from an older generation updates the window only.
+        ``count > 1`` records that many non-probe successes at once (``slow``: how many were
+        slow, per grant); it equals as many single records (module docstring).
         """
+
+    def record_many(self, items: Sequence[RecordItem], *, jitter: float) -> list[Transition]:
+        """Apply ``items`` in order (each atomic); the stores send them in one round trip.
+
+        This default calls :meth:`record` per item; RedisStore pipelines them.
+        """
+        out: list[Transition] = []
+        for item in items:
+            out += self.record(
+                item.grants, item.outcome, jitter=jitter, count=item.count, slow=item.slow
+            )
+        return out
 
     @abstractmethod
     def control(self, scope: Scope, policy: BreakerPolicy, action: ControlAction) -> Transition:

@@ -28,6 +28,8 @@ from breaker_service.store.base import (
     State,
     Transition,
     Trigger,
+    aggregate_trip_point,
+    check_aggregate,
     clamp_jitter,
 )
 
@@ -190,14 +192,23 @@ class MemoryStore(BreakerStore):
         outcome: Outcome,
         jitter: float,
         now: int,
+        *,
+        count: int = 1,
+        slow: int | None = None,
     ) -> Transition | None:
         st = self._get(grant.scope, policy, now)
         if grant.probe_token is not None:
             st.leases.pop(grant.probe_token, None)
         if outcome.cls == OutcomeClass.IGNORED:
             return None
+        if count > 1:
+            return self._record_successes(
+                grant, st, policy=policy, count=count, slow=slow, outcome=outcome, jitter=jitter,
+                now=now,
+            )  # fmt: skip
         failed = outcome.cls.counts_as_failure
-        st.window.add(now, failed=failed, slow=outcome.latency_ms > policy.slow_call_ms)
+        is_slow = outcome.latency_ms > policy.slow_call_ms if slow is None else slow > 0
+        st.window.add(now, failed=failed, slow=is_slow)
         st.consecutive = st.consecutive + 1 if failed else 0
         if grant.generation != st.generation:
             return None
@@ -220,6 +231,46 @@ class MemoryStore(BreakerStore):
             jitter=jitter,
             now=now,
         )
+
+    def _record_successes(
+        self,
+        grant: ScopeGrant,
+        st: _Scope,
+        *,
+        policy: BreakerPolicy,
+        count: int,
+        slow: int | None,
+        outcome: Outcome,
+        jitter: float,
+        now: int,
+    ) -> Transition | None:
+        """``count`` non-probe successes at once, exactly as many single records would do."""
+        if slow is None:
+            slow = count if outcome.latency_ms > policy.slow_call_ms else 0
+        st.consecutive = 0
+        w = st.window
+        w.advance(now)
+        point = None
+        if grant.generation == st.generation and st.state == "closed":
+            point = aggregate_trip_point(
+                calls=w.calls, slow_calls=w.slow, policy=policy, fast=count - slow, slow=slow
+            )
+        if point is None:
+            w.add_successes(now, count, slow)
+            return None
+        fast_before, slow_before = point
+        w.add_successes(now, fast_before + slow_before, slow_before)
+        rule: tuple[Trigger, float, float] = (
+            "slow_calls",
+            policy.slow_call_rate_threshold,
+            w.slow / w.calls,
+        )
+        tr = self._trip(
+            scope=grant.scope, st=st, policy=policy, outcome=outcome, rule=rule, jitter=jitter,
+            now=now,
+        )  # fmt: skip
+        st.window.add_successes(now, count - fast_before - slow_before, slow - slow_before)
+        return tr
 
     def _probe_success(
         self, grant: ScopeGrant, st: _Scope, policy: BreakerPolicy, now: int
@@ -284,14 +335,18 @@ class MemoryStore(BreakerStore):
         outcome: Outcome,
         *,
         jitter: float,
+        count: int = 1,
+        slow: Sequence[int] | None = None,
     ) -> list[Transition]:
         """See :meth:`BreakerStore.record`."""
+        check_aggregate(grants, outcome, count, slow)
         jitter = clamp_jitter(jitter)
         with self._lock:
             now = self._now()
             out = []
-            for grant, policy in grants:
-                tr = self._record_one(grant, policy, outcome, jitter, now)
+            for i, (grant, policy) in enumerate(grants):
+                k = None if slow is None else slow[i]
+                tr = self._record_one(grant, policy, outcome, jitter, now, count=count, slow=k)
                 if tr is not None:
                     out.append(tr)
             return out

@@ -44,11 +44,13 @@ from breaker_service.store.base import (
     AcquireResult,
     BreakerStore,
     ControlAction,
+    RecordItem,
     ScopeGrant,
     ScopeSnapshot,
     State,
     Transition,
     Trigger,
+    check_aggregate,
     clamp_jitter,
 )
 
@@ -230,31 +232,91 @@ class RedisStore(BreakerStore):
             granted.append(ScopeGrant(scope, int(gen), token or None))
         return AcquireResult(True, tuple(granted)), self._transitions(transitions_text, names)
 
+    def _record_call(
+        self,
+        grants: Sequence[tuple[ScopeGrant, BreakerPolicy]],
+        outcome: Outcome,
+        jitter: float,
+        count: int,
+        slow: Sequence[int] | None,
+    ) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV of one record.lua call (layout in its header)."""
+        argv = [
+            repr(clamp_jitter(jitter)),
+            str(outcome.cls),
+            repr(float(outcome.latency_ms)),
+            str(int(outcome.retry_after_ms or 0)),
+            str(count),
+        ]
+        for i, (grant, policy) in enumerate(grants):
+            argv += [
+                str(grant.generation),
+                grant.probe_token or "",
+                policy_arg(policy),
+                "-1" if slow is None else str(slow[i]),
+            ]
+        return [self.key(g.scope) for g, _ in grants], argv
+
     def record(
         self,
         grants: Sequence[tuple[ScopeGrant, BreakerPolicy]],
         outcome: Outcome,
         *,
         jitter: float,
+        count: int = 1,
+        slow: Sequence[int] | None = None,
     ) -> list[Transition]:
         """See :meth:`BreakerStore.record`: one EVALSHA for all grants."""
         if not grants:
             return []
-        jitter = clamp_jitter(jitter)
-        argv = [
-            repr(jitter),
-            str(outcome.cls),
-            repr(float(outcome.latency_ms)),
-            str(int(outcome.retry_after_ms or 0)),
-        ]
-        for grant, policy in grants:
-            argv += [str(grant.generation), grant.probe_token or "", policy_arg(policy)]
+        check_aggregate(grants, outcome, count, slow)
+        keys, argv = self._record_call(grants, outcome, jitter, count, slow)
         names = [g.scope for g, _ in grants]
         try:
-            rows = self._record(keys=[self.key(s) for s in names], args=argv)
+            rows = self._record(keys=keys, args=argv)
         except redis.RedisError as exc:
             self._unavailable("record", names, exc)
         return self._transitions(_text(rows), names)
+
+    def record_many(self, items: Sequence[RecordItem], *, jitter: float) -> list[Transition]:
+        """See :meth:`BreakerStore.record_many`: one pipeline (one round trip) of EVALSHAs,
+        applied in order; each record stays one atomic script call."""
+        items = [item for item in items if item.grants]
+        if len(items) <= 1:
+            return [
+                tr
+                for item in items
+                for tr in self.record(
+                    item.grants, item.outcome, jitter=jitter, count=item.count, slow=item.slow
+                )
+            ]
+        calls = []
+        for item in items:
+            check_aggregate(item.grants, item.outcome, item.count, item.slow)
+            calls.append(
+                self._record_call(item.grants, item.outcome, jitter, item.count, item.slow)
+            )
+        names = [g.scope for item in items for g, _ in item.grants]
+        try:
+            try:
+                replies = self._pipeline_records(calls)
+            except redis.exceptions.NoScriptError:  # script cache flushed: load it, retry once
+                self._client.script_load(self._record.script)
+                replies = self._pipeline_records(calls)
+        except redis.RedisError as exc:
+            self._unavailable("record", names, exc)
+        out: list[Transition] = []
+        for item, reply in zip(items, replies, strict=True):
+            out += self._transitions(_text(reply), [g.scope for g, _ in item.grants])
+        return out
+
+    def _pipeline_records(self, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+        # evalsha straight on the pipeline: redis-py's Script in a pipeline would first send
+        # SCRIPT EXISTS, an extra round trip on the caller's path.
+        pipe = self._client.pipeline(transaction=False)
+        for keys, argv in calls:
+            pipe.evalsha(self._record.sha, len(keys), *keys, *argv)
+        return list(pipe.execute())
 
     def control(self, scope: Scope, policy: BreakerPolicy, action: ControlAction) -> Transition:
         """See :meth:`BreakerStore.control`: one EVALSHA."""

@@ -5,9 +5,12 @@ ARGV[1]   jitter in [0, 1), drawn by the caller (Lua's PRNG is not random)
 ARGV[2]   outcome class: success | failure | rate_limited | credential | ignored
 ARGV[3]   latency_ms of the call (a call slower than slow_call_ms is slow)
 ARGV[4]   retry_after_ms from the provider (0 = none); a rate_limited trip opens at least this long
-ARGV      then 3 values per scope i, at ARGV[4 + (i-1)*3 + 1 .. 4 + (i-1)*3 + 3]:
+ARGV[5]   count: how many calls this record stands for (> 1 only for aggregated non-probe
+          successes, validated by the caller)
+ARGV      then 4 values per scope i, at ARGV[5 + (i-1)*4 + 1 .. 5 + (i-1)*4 + 4]:
             1 generation of the grant  2 probe token ("" = not a probe)
             3 the scope's policy: a JSON array of 15 numbers, in the order of acquire.lua
+            4 how many of the calls were slow for this scope (-1 = judge ARGV[3])
 Time      redis TIME (milliseconds), made monotonic per scope by the stored field ln.
 Returns   the transitions as one string: rows joined by ";", each "<scope_index>,<from>,<to>,
           <trigger>,<threshold>,<value>,<generation>,<open_until_ms or -1>,<at_ms>"; "" for none.
@@ -16,17 +19,20 @@ The window is a ring of `buckets` buckets in the same hash (fields b<i>c, b<i>f,
 running totals C, F, S and the newest bucket index hd; expired buckets are subtracted when
 hd moves (O(1) amortised, constant memory). An outcome of an older generation only updates
 the window and the consecutive counter, never the state. ignored outcomes only free a probe
-lease. Every write is followed by PEXPIRE ttl_ms (or longer, when an open period stretched by
+lease. An aggregate of n successes equals n single records, fast ones first then slow ones:
+only the slow-call rule can fire, at exactly the call where n singles would trip, and the
+calls after that one count in the fresh window. Every write is followed by PEXPIRE ttl_ms (or longer, when an open period stretched by
 Retry-After ends later than that), except in the sticky states (forced_open,
 forced_closed, disabled, and open after a credential error, with no open_until), which must
 not expire on their own: those keys are PERSISTed until an operator changes the state.
 ]]
 
-local NPER, HEAD = 3, 4
+local NPER, HEAD = 4, 5
 local jitter = tonumber(ARGV[1])
 local cls = ARGV[2]
 local latency = tonumber(ARGV[3])
 local retry_after = tonumber(ARGV[4])
+local count = tonumber(ARGV[5])
 local failed = (cls == 'failure' or cls == 'rate_limited' or cls == 'credential')
 
 local t = redis.call('TIME')
@@ -152,6 +158,40 @@ local function state_step(i, key, s, pol, token, now)
   return nil
 end
 
+-- successes of an aggregate: add calls (slow of them slow) to the current bucket
+local function add_ok(key, s, slot, calls, slow)
+  if calls > 0 then redis.call('HINCRBY', key, 'b' .. slot .. 'c', calls); s.C = s.C + calls end
+  if slow > 0 then redis.call('HINCRBY', key, 'b' .. slot .. 's', slow); s.S = s.S + slow end
+end
+
+-- after how many fast, then slow, successes n singles would trip on slow calls (nil: never)
+local function trip_point(s, pol, fast, slow)
+  local j = math.max(1, pol.min_calls - s.C)
+  if j <= fast and s.S > 0 and s.S / (s.C + j) >= pol.sr then return j, 0 end
+  local base = s.C + fast
+  for k = 1, slow do
+    if base + k >= pol.min_calls and (s.S + k) / (base + k) >= pol.sr then return fast, k end
+  end
+  return nil
+end
+
+local function successes(i, key, s, pol, gen, slot, nslow, now)
+  if nslow < 0 then
+    if latency > pol.slow_ms then nslow = count else nslow = 0 end
+  end
+  s.cf = 0
+  local f, k = nil, nil
+  if gen == s.g and s.st == 'closed' then f, k = trip_point(s, pol, count - nslow, nslow) end
+  if f == nil then
+    add_ok(key, s, slot, count, nslow)
+    return nil
+  end
+  add_ok(key, s, slot, f + k, k)
+  local tr = trip(i, key, s, pol, 'slow_calls', pol.sr, s.S / s.C, now)
+  add_ok(key, s, slot, count - f - k, nslow - k)
+  return tr
+end
+
 local transitions = {}
 for i = 1, #KEYS do
   local key, a = KEYS[i], HEAD + (i - 1) * NPER
@@ -170,15 +210,22 @@ for i = 1, #KEYS do
   if cls ~= 'ignored' then
     advance(key, s, pol.bucket_ms, pol.n, now)
     local slot = s.hd % pol.n
-    local slow = latency > pol.slow_ms
-    redis.call('HINCRBY', key, 'b' .. slot .. 'c', 1)
-    s.C = s.C + 1
-    if failed then redis.call('HINCRBY', key, 'b' .. slot .. 'f', 1); s.F = s.F + 1 end
-    if slow then redis.call('HINCRBY', key, 'b' .. slot .. 's', 1); s.S = s.S + 1 end
-    if failed then s.cf = s.cf + 1 else s.cf = 0 end
-    if gen == s.g then
-      local tr = state_step(i, key, s, pol, token, now)
+    local nslow = tonumber(ARGV[a + 4])
+    if count > 1 then
+      local tr = successes(i, key, s, pol, gen, slot, nslow, now)
       if tr then transitions[#transitions + 1] = tr end
+    else
+      local slow = latency > pol.slow_ms
+      if nslow >= 0 then slow = nslow > 0 end
+      redis.call('HINCRBY', key, 'b' .. slot .. 'c', 1)
+      s.C = s.C + 1
+      if failed then redis.call('HINCRBY', key, 'b' .. slot .. 'f', 1); s.F = s.F + 1 end
+      if slow then redis.call('HINCRBY', key, 'b' .. slot .. 's', 1); s.S = s.S + 1 end
+      if failed then s.cf = s.cf + 1 else s.cf = 0 end
+      if gen == s.g then
+        local tr = state_step(i, key, s, pol, token, now)
+        if tr then transitions[#transitions + 1] = tr end
+      end
     end
   end
   -- write back only the fields that changed (the HSET is most of a record's cost)
