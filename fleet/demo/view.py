@@ -23,7 +23,7 @@ STATE_STYLE = {
 def render_frame(snap: Snapshot) -> RenderableType:
     """The live dashboard for one snapshot."""
     breakers = Table(title="fleet-wide breakers (Redis)", expand=True)
-    for col in ("scope", "state", "calls", "failures", "fail rate", "opens in", "trips"):
+    for col in ("scope", "state", "calls", "failures", "fail rate", "probe in", "trips"):
         breakers.add_column(col)
     for b in snap.breakers:
         until = "-"
