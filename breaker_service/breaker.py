@@ -4,11 +4,15 @@
 returns a :class:`Permit` or a :class:`Rejection`; ``record(permit, outcome)`` reports how the
 call went; ``protect(scopes)`` wraps both around a ``with`` block.
 
-Round trips: a successful ALLOW call waits on the acquire only. Its SUCCESS record goes to a
-bounded queue drained by one background sender thread per breaker (never dropped: when the
-queue is full the caller records synchronously; ``close()`` and interpreter exit flush it).
-Failures, and every outcome of a half-open probe, are recorded synchronously, so a failing
-call costs two round trips and a probe result is never delayed.
+Round trips: a successful ALLOW call waits on the acquire only. Its SUCCESS merges into a
+per-grant-set aggregate that one background sender thread per breaker sends every
+``success_linger_ms`` as one record per grant set (:mod:`breaker_service.sender`; never
+dropped: when too many grant sets are pending the caller records synchronously; ``close()``
+and interpreter exit flush it). Failures, and every outcome of a half-open probe, are recorded
+synchronously, together with the pending successes of the same scopes in the same round trip
+(a pipeline, successes first, so a failure is never overtaken by an older success): a failing
+call costs two round trips and a probe result is never delayed. An IGNORED outcome of an
+``allow`` permit changes nothing in the store, so it is not sent.
 
 Transitions the store returns are announced exactly once, by this process: one event in the
 stream (:mod:`breaker_service.events`), one structured log line, and the listeners'
@@ -47,7 +51,13 @@ from breaker_service.outcomes import Outcome, OutcomeClass
 from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
 from breaker_service.sender import GrantPairs, RecordSender
-from breaker_service.store.base import AcquireResult, BreakerStore, ScopeGrant, ScopeSnapshot
+from breaker_service.store.base import (
+    AcquireResult,
+    BreakerStore,
+    RecordItem,
+    ScopeGrant,
+    ScopeSnapshot,
+)
 from breaker_service.store.memory import MemoryStore
 from breaker_service.store.redis import RedisStore
 
@@ -104,6 +114,8 @@ class FleetBreaker:
     ``worker_id`` names this process in events. ``events`` is where transitions are announced
     (None: log and listeners only). ``local_store`` is the fallback store (default a new
     MemoryStore). ``guard`` protects the Redis connection (default: 3 errors, 2 s pause).
+    ``queue_max`` bounds the distinct grant sets with pending successes; ``success_linger_ms``
+    is how long successes gather before the background flush (0: flush at once).
     """
 
     def __init__(
@@ -118,12 +130,18 @@ class FleetBreaker:
         local_store: BreakerStore | None = None,
         guard: StoreGuard | None = None,
         queue_max: int = 1000,
+        success_linger_ms: float = 5.0,
     ) -> None:
         """Build a breaker on ``store``; see the class docstring for the arguments."""
         if fallback not in ("local", "fail_open", "fail_closed"):
             raise ValueError(
                 f"fallback={fallback!r} is invalid: use 'local', 'fail_open' or 'fail_closed' "
                 "(FLEET_BREAKER_FALLBACK)"
+            )
+        if not success_linger_ms >= 0:
+            raise ValueError(
+                f"success_linger_ms={success_linger_ms!r} is invalid: use a number >= 0 "
+                "(0 sends each success at once; default 5.0)"
             )
         self._store = store
         self._policy_for = policy_for
@@ -133,7 +151,9 @@ class FleetBreaker:
         self._listeners = tuple(listeners)
         self._local = local_store if local_store is not None else MemoryStore()
         self.guard = guard or StoreGuard(name=f"breaker-store:{worker_id}")
-        self._sender = RecordSender(self._record_shared, maxsize=queue_max)
+        self._sender = RecordSender(
+            self._record_shared, self._pairs, maxsize=queue_max, linger_s=success_linger_ms / 1000
+        )
         self._lock = threading.Lock()
         self._degraded_since: float | None = None
         self._rng = random.Random()
@@ -210,39 +230,50 @@ class FleetBreaker:
     def record(self, permit: Permit, outcome: Outcome) -> None:
         """Report how the permitted call went. Never raises RedisError/StoreUnavailable.
 
-        A SUCCESS (or IGNORED) of an ``allow`` permit is sent in the background; probes and
-        failures are recorded before this returns.
+        A SUCCESS of an ``allow`` permit is sent in the background (coalesced); an IGNORED one
+        changes nothing and is not sent; probes and failures are recorded before this returns,
+        after the pending successes of the same scopes.
         """
-        pairs = [(g, self._policy_for(g.scope)) for g in permit.grants]
-        if permit.decision in ("degraded", "bypass"):
-            self._record_local(pairs, outcome, rebase=False)
+        decision = permit.decision
+        if decision == "allow" and not self._closed:
+            if outcome.cls is OutcomeClass.SUCCESS:
+                if self._sender.add(permit.grants, outcome.latency_ms):
+                    return
+            elif outcome.cls is OutcomeClass.IGNORED:
+                return
+        pairs = self._pairs(permit.grants)
+        if decision in ("degraded", "bypass"):
+            self._record_local(RecordItem(tuple(pairs), outcome), rebase=False)
             return
-        background = permit.decision == "allow" and not outcome.cls.counts_as_failure
-        if background and not self._closed and self._sender.offer(pairs, outcome):
-            return
-        self._record_shared(pairs, outcome)
+        earlier = self._sender.take([g.scope for g in permit.grants])
+        self._record_shared([*earlier, RecordItem(tuple(pairs), outcome)])
 
-    def _record_shared(self, pairs: GrantPairs, outcome: Outcome) -> None:
+    def _pairs(self, grants: Sequence[ScopeGrant]) -> GrantPairs:
+        return [(g, self._policy_for(g.scope)) for g in grants]
+
+    def _record_shared(self, items: list[RecordItem]) -> None:
         try:
-            transitions = self.guard.call(
-                self._store.record, pairs, outcome, jitter=self._rng.random()
-            )
+            transitions = self.guard.call(self._store.record_many, items, jitter=self._rng.random())
         except StoreUnavailable as exc:
             self._enter_degraded(exc)
-            self._record_local(pairs, outcome, rebase=True)
+            for item in items:
+                self._record_local(item, rebase=True)
             return
         self._rejoined()
         self._announce(transitions, source="shared")
 
-    def _record_local(self, pairs: GrantPairs, outcome: Outcome, *, rebase: bool) -> None:
+    def _record_local(self, item: RecordItem, *, rebase: bool) -> None:
+        pairs = item.grants
         if rebase:
             # A grant of the shared store means nothing to the local one: count it against
             # the local scope's current generation, as a non-probe call.
-            pairs = [
+            pairs = tuple(
                 (ScopeGrant(g.scope, self._local.snapshot(g.scope, p).generation), p)
                 for g, p in pairs
-            ]
-        transitions = self._local.record(pairs, outcome, jitter=self._rng.random())
+            )
+        transitions = self._local.record(
+            pairs, item.outcome, jitter=self._rng.random(), count=item.count, slow=item.slow
+        )
         self._announce(transitions, source="local")
 
     # -- context manager -----------------------------------------------------------------

@@ -290,7 +290,10 @@ def test_round_trips_per_call(breaker: FleetBreaker, client: CountingRedis) -> N
     fail_waited = client.mine() - start_mine
     print(f"round trips waited per call: success={ok_waited / n} failure={fail_waited / n}")
     assert ok_waited == n  # one EVALSHA (acquire) per successful call
-    assert ok_total == 2 * n  # ...and its record went out in the background, not lost
+    # ...and their records went out in the background, coalesced (at most one per call),
+    # not lost: every call is in the window
+    assert n < ok_total <= 2 * n
+    assert breaker.snapshot(MODEL).calls == n + 1
     assert fail_waited == 2 * n
 
 

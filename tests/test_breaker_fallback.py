@@ -152,6 +152,23 @@ def test_background_records_fall_back_to_local_store(redis_container: RedisConta
     breaker.close()
 
 
+def test_coalesced_successes_fall_back_to_local_store(redis_container: RedisContainer) -> None:
+    """Many pending successes of one grant set (one aggregate) all land locally."""
+    rec = Recorder()
+    breaker = _breaker(redis_container.url, "local", rec)
+    permits = [breaker.acquire([PROV]) for _ in range(25)]
+    assert all(isinstance(p, Permit) and p.decision == "allow" for p in permits)
+    redis_container.pause()
+    for permit in permits:
+        assert isinstance(permit, Permit)
+        breaker.record(permit, OK)
+    assert breaker.flush(timeout_s=10)
+    assert breaker.pending_records == 0
+    assert breaker.local_snapshot(PROV).calls == 25
+    redis_container.unpause()
+    breaker.close()
+
+
 def test_no_redis_at_all_never_raises() -> None:
     rec = Recorder()
     breaker = _breaker(f"redis://127.0.0.1:{free_port()}/0", "local", rec)
