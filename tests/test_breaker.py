@@ -66,29 +66,41 @@ class Recorder(BreakerListener):
 
 
 class CountingRedis(redis.Redis):
-    """A real client that counts the commands each thread sends (round trips it waits on)."""
+    """A real client that counts the requests each thread sends (round trips it waits on).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.by_thread: dict[int, list[str]] = {}
-        self._count_lock = threading.Lock()
+    Counted where bytes leave for the socket (one per command, one per pipeline), so the
+    breaker's pre-packed acquire counts like any command.
+    """
 
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        with self._count_lock:
-            self.by_thread.setdefault(threading.get_ident(), []).append(str(args[0]))
-        return super().execute_command(*args, **options)
+    by_thread: dict[int, int]
+
+    @classmethod
+    def connect(cls, url: str, **kwargs: Any) -> CountingRedis:
+        by_thread: dict[int, int] = {}
+        lock = threading.Lock()
+
+        class Counting(redis.Connection):
+            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                with lock:
+                    tid = threading.get_ident()
+                    by_thread[tid] = by_thread.get(tid, 0) + 1
+                super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+        client = cls.from_url(url, connection_class=Counting, **kwargs)
+        assert isinstance(client, CountingRedis)
+        client.by_thread = by_thread
+        return client
 
     def mine(self) -> int:
-        return len(self.by_thread.get(threading.get_ident(), []))
+        return self.by_thread.get(threading.get_ident(), 0)
 
     def total(self) -> int:
-        return sum(len(v) for v in self.by_thread.values())
+        return sum(self.by_thread.values())
 
 
 @pytest.fixture
 def client(fleet_settings: FleetSettings) -> Iterator[CountingRedis]:
-    conn = CountingRedis.from_url(fleet_settings.redis_url, socket_timeout=2.0)
-    assert isinstance(conn, CountingRedis)
+    conn = CountingRedis.connect(fleet_settings.redis_url, socket_timeout=2.0)
     yield conn
     conn.close()
 

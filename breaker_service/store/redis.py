@@ -35,6 +35,7 @@ from importlib import resources
 from typing import Any, NoReturn, cast
 
 import redis
+from redis.commands.core import Script
 
 from breaker_service.errors import PolicyError, StoreUnavailable
 from breaker_service.outcomes import Outcome
@@ -132,6 +133,28 @@ def _snapshot_from_hash(scope: Scope, f: dict[str, str], clock_ms: int) -> Scope
     )
 
 
+def _resp(args: list[bytes | memoryview]) -> bytes:
+    """One command in the Redis protocol (RESP array of bulk strings)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        out += [b"$%d\r\n" % len(arg), bytes(arg), b"\r\n"]
+    return b"".join(out)
+
+
+class _AcquireCall:
+    """A packed acquire command for one scope set, and its last reusable answer."""
+
+    __slots__ = ("last", "names", "packed", "policies")
+
+    def __init__(
+        self, packed: bytes, names: tuple[Scope, ...], policies: tuple[BreakerPolicy, ...]
+    ) -> None:
+        self.packed = packed
+        self.names = names
+        self.policies = policies  # held so that the ids in the cache key stay theirs
+        self.last: tuple[Any, AcquireResult] | None = None
+
+
 class RedisStore(BreakerStore):
     """Breaker state in Redis, shared by every worker that uses the same ``namespace``.
 
@@ -149,6 +172,7 @@ class RedisStore(BreakerStore):
         self._ns = namespace
         self._prefix = f"{namespace}:cb:"
         self._keys: dict[Scope, str] = {}
+        self._acquire_calls: dict[tuple[tuple[Scope, int], ...], _AcquireCall] = {}
         self._acquire = client.register_script(_lua("acquire.lua"))
         self._record = client.register_script(_lua("record.lua"))
         self._control = client.register_script(_lua("control.lua"))
@@ -211,16 +235,64 @@ class RedisStore(BreakerStore):
             )
         return out
 
+    def _packed_acquire(self, scopes: Sequence[tuple[Scope, BreakerPolicy]]) -> _AcquireCall:
+        """The acquire command of this scope set, packed once (keys, policies and SHA never
+        change for it; policies are compared by identity, so keep them long-lived)."""
+        sig = tuple([(s, id(p)) for s, p in scopes])
+        call = self._acquire_calls.get(sig)
+        if call is None:
+            names = tuple(s for s, _ in scopes)
+            keys = [self.key(s) for s in names]
+            args = [policy_arg(p) for _, p in scopes]
+            encoder = self._client.connection_pool.get_encoder()
+            words = ("EVALSHA", self._acquire.sha, len(keys), *keys, *args)
+            packed = _resp([encoder.encode(w) for w in words])  # type: ignore[no-untyped-call]
+            call = _AcquireCall(packed, names, tuple(p for _, p in scopes))
+            if len(self._acquire_calls) >= 1024:  # bounded: scope sets come from the registry
+                self._acquire_calls.clear()
+            self._acquire_calls[sig] = call
+        return call
+
+    def _send_packed(self, packed: bytes, script: Script) -> Any:
+        """One request on one pooled connection: the acquire's hot path, without redis-py's
+        per-call command packing. A NOSCRIPT reply loads the script and retries once; a
+        connection that fails to send (stale after a Redis restart) is dropped and one fresh
+        connection is tried; a timeout is not retried (a hung Redis is the guard's job)."""
+        pool = self._client.connection_pool
+        for attempt in (1, 2):
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+                return conn.read_response()  # type: ignore[no-untyped-call]
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self._client.script_load(script.script)
+            except redis.ConnectionError:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                if attempt == 2:
+                    raise
+            except BaseException:
+                # a half-read reply must not reach the next caller
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                pool.release(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def acquire(
         self, scopes: Sequence[tuple[Scope, BreakerPolicy]]
     ) -> tuple[AcquireResult, list[Transition]]:
         """See :meth:`BreakerStore.acquire`: one EVALSHA for all scopes."""
-        names = [s for s, _ in scopes]
-        argv = [policy_arg(policy) for _, policy in scopes]
+        call = self._packed_acquire(scopes)
+        names = call.names
         try:
-            reply = self._acquire(keys=[self.key(s) for s in names], args=argv)
+            reply = self._send_packed(call.packed, self._acquire)
         except redis.RedisError as exc:
             self._unavailable("acquire", names, exc)
+        last = call.last
+        if last is not None and last[0] == reply:
+            return last[1], []  # the same grants as last time (closed, same generations)
         parts = _text(reply).split("|")
         if parts[0] == "R":
             _, idx, reason, retry_after = parts
@@ -230,7 +302,10 @@ class RedisStore(BreakerStore):
         for scope, item in zip(names, grants_text.split(";"), strict=True):
             gen, _, token = item.partition(",")
             granted.append(ScopeGrant(scope, int(gen), token or None))
-        return AcquireResult(True, tuple(granted)), self._transitions(transitions_text, names)
+        result = AcquireResult(True, tuple(granted))
+        if not transitions_text and all(g.probe_token is None for g in granted):
+            call.last = (reply, result)
+        return result, self._transitions(transitions_text, names)
 
     def _record_call(
         self,
