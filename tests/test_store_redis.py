@@ -368,3 +368,29 @@ def test_acquire_on_closed_scopes_writes_nothing(client: redis.Redis, store: Red
     assert res.allowed
     assert client.exists(store.key(PROVIDER), store.key(MODEL)) == 0
     assert store.scopes() == []
+
+
+def test_acquire_rides_over_a_redis_restart(redis_container: RedisContainer) -> None:
+    """A pooled connection gone stale in a restart (and the script cache lost with it) costs
+    the next acquire a reconnect and a SCRIPT LOAD, not a StoreUnavailable (acquire sends a
+    pre-packed command on a pooled connection, outside redis-py's command path)."""
+    conn = redis_container.client(socket_timeout=2, socket_connect_timeout=2)
+    store = RedisStore(conn, namespace="test")
+    assert store.acquire([(MODEL, POLICY)])[0].allowed  # leaves one pooled connection
+    redis_container.kill()
+    redis_container.restart()
+    wait_until(lambda: _answers(redis_container), timeout_s=30, message="redis back")
+    # the restarted server has no script cache: acquire reconnects, then loads its script
+    res, _ = store.acquire([(MODEL, POLICY)])
+    assert res.allowed
+    conn.close()
+
+
+def _answers(container: RedisContainer) -> bool:
+    probe = container.client(socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        return bool(probe.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        probe.close()

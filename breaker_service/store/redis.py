@@ -259,26 +259,28 @@ class RedisStore(BreakerStore):
         connection that fails to send (stale after a Redis restart) is dropped and one fresh
         connection is tried; a timeout is not retried (a hung Redis is the guard's job)."""
         pool = self._client.connection_pool
-        for attempt in (1, 2):
+        reloaded = reconnected = False
+        while True:
             conn = pool.get_connection()
             try:
                 conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
                 return conn.read_response()  # type: ignore[no-untyped-call]
             except redis.exceptions.NoScriptError:
-                if attempt == 2:
+                if reloaded:
                     raise
+                reloaded = True
                 self._client.script_load(script.script)
             except redis.ConnectionError:
                 conn.disconnect()  # type: ignore[no-untyped-call]
-                if attempt == 2:
+                if reconnected:
                     raise
+                reconnected = True
             except BaseException:
                 # a half-read reply must not reach the next caller
                 conn.disconnect()  # type: ignore[no-untyped-call]
                 raise
             finally:
                 pool.release(conn)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def acquire(
         self, scopes: Sequence[tuple[Scope, BreakerPolicy]]
