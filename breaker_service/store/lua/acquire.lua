@@ -24,6 +24,21 @@ moves to half_open and hands this caller a probe lease; only this caller sees th
 Hash fields read/written: st g ou oa op ln tk ls ps (see redis.py for the full field list).
 ]]
 
+-- the fast path, first and alone: every scope closed (or forced_closed / disabled) answers
+-- from one 2-field HMGET each, with no time, no policy, no write and no closure built
+-- (about half the server time of the general path below)
+local fast = {}
+for i = 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'st', 'g')
+  local st = v[1]
+  if st and st ~= 'closed' and st ~= 'forced_closed' and st ~= 'disabled' then
+    fast = nil
+    break
+  end
+  fast[i] = string.format('%d', tonumber(v[2] or 0)) .. ','
+end
+if fast then return 'A|' .. table.concat(fast, ';') .. '|' end
+
 local FORCED_RETRY_MS = 60000
 
 local clock = nil  -- Redis TIME in ms, read only when a scope is not closed
