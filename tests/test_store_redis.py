@@ -394,3 +394,25 @@ def _answers(container: RedisContainer) -> bool:
         return False
     finally:
         probe.close()
+
+
+def test_acquire_follows_the_policy_passed_each_call(store: RedisStore) -> None:
+    """Acquire commands are packed once per scope set and policy; a policy built afresh per
+    call (equal or not) is honoured, and the caches stay bounded."""
+    one = POLICY.merged({"consecutive_failures": 1, "open_base_ms": 1_000})
+    res, _ = store.acquire([(MODEL, one)])
+    store.record([(res.grants[0], one)], FAIL, jitter=0)  # trips
+    wait_until(
+        lambda: store.acquire([(MODEL, one.merged({"jitter_ratio": 0.0}))])[0].allowed,
+        timeout_s=30,
+        message="half-open probe",
+    )
+    # one lease is held: max 1 probe rejects, a policy allowing 2 lets a second probe in
+    full, _ = store.acquire([(MODEL, one.merged({"half_open_max_probes": 1}))])
+    assert (full.allowed, full.reason) == (False, "half_open_full")
+    second, _ = store.acquire([(MODEL, one.merged({"half_open_max_probes": 2}))])
+    assert second.allowed and second.grants[0].probe_token
+    for _ in range(1_500):  # equal policies, new objects: bounded caches, one packed command
+        store.acquire([(PROVIDER, POLICY.merged({"buckets": 20}))])
+    assert len(store._acquire_by_id) <= 1024
+    assert sum(1 for names, _ in store._acquire_by_value if names == (PROVIDER,)) == 1

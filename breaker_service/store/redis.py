@@ -144,15 +144,20 @@ def _resp(args: list[bytes | memoryview]) -> bytes:
 class _AcquireCall:
     """A packed acquire command for one scope set, and its last reusable answer."""
 
-    __slots__ = ("last", "names", "packed", "policies")
+    __slots__ = ("last", "names", "packed")
 
-    def __init__(
-        self, packed: bytes, names: tuple[Scope, ...], policies: tuple[BreakerPolicy, ...]
-    ) -> None:
+    def __init__(self, packed: bytes, names: tuple[Scope, ...]) -> None:
         self.packed = packed
         self.names = names
-        self.policies = policies  # held so that the ids in the cache key stay theirs
         self.last: tuple[Any, AcquireResult] | None = None
+
+
+def _bounded_put(cache: dict[Any, Any], key: Any, value: Any, limit: int = 1024) -> None:
+    """``cache[key] = value``, emptying the cache first when it holds ``limit`` entries
+    (scope sets come from the registry: the limit is only hit by policies built per call)."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
 
 
 class RedisStore(BreakerStore):
@@ -172,7 +177,8 @@ class RedisStore(BreakerStore):
         self._ns = namespace
         self._prefix = f"{namespace}:cb:"
         self._keys: dict[Scope, str] = {}
-        self._acquire_calls: dict[tuple[tuple[Scope, int], ...], _AcquireCall] = {}
+        self._acquire_by_id: dict[Any, tuple[tuple[BreakerPolicy, ...], _AcquireCall]] = {}
+        self._acquire_by_value: dict[Any, _AcquireCall] = {}
         self._acquire = client.register_script(_lua("acquire.lua"))
         self._record = client.register_script(_lua("record.lua"))
         self._control = client.register_script(_lua("control.lua"))
@@ -236,21 +242,26 @@ class RedisStore(BreakerStore):
         return out
 
     def _packed_acquire(self, scopes: Sequence[tuple[Scope, BreakerPolicy]]) -> _AcquireCall:
-        """The acquire command of this scope set, packed once (keys, policies and SHA never
-        change for it; policies are compared by identity, so keep them long-lived)."""
+        """The acquire command of this scope set, packed once. Looked up by the policies'
+        identity first (no hashing of policies on the hot path), then by their value, so a
+        ``policy_for`` that builds equal policies afresh on every call still hits."""
         sig = tuple([(s, id(p)) for s, p in scopes])
-        call = self._acquire_calls.get(sig)
+        hit = self._acquire_by_id.get(sig)
+        if hit is not None:
+            return hit[1]
+        policies = tuple(p for _, p in scopes)
+        names = tuple(s for s, _ in scopes)
+        args = tuple(policy_arg(p) for p in policies)
+        call = self._acquire_by_value.get((names, args))
         if call is None:
-            names = tuple(s for s, _ in scopes)
             keys = [self.key(s) for s in names]
-            args = [policy_arg(p) for _, p in scopes]
             encoder = self._client.connection_pool.get_encoder()
             words = ("EVALSHA", self._acquire.sha, len(keys), *keys, *args)
             packed = _resp([encoder.encode(w) for w in words])  # type: ignore[no-untyped-call]
-            call = _AcquireCall(packed, names, tuple(p for _, p in scopes))
-            if len(self._acquire_calls) >= 1024:  # bounded: scope sets come from the registry
-                self._acquire_calls.clear()
-            self._acquire_calls[sig] = call
+            call = _AcquireCall(packed, names)
+            _bounded_put(self._acquire_by_value, (names, args), call)
+        # the entry holds the policies, so the ids in its key cannot be reused meanwhile
+        _bounded_put(self._acquire_by_id, sig, (policies, call))
         return call
 
     def _send_packed(self, packed: bytes, script: Script) -> Any:
