@@ -115,7 +115,10 @@ class FleetBreaker:
     (None: log and listeners only). ``local_store`` is the fallback store (default a new
     MemoryStore). ``guard`` protects the Redis connection (default: 3 errors, 2 s pause).
     ``queue_max`` bounds the distinct grant sets with pending successes; ``success_linger_ms``
-    is how long successes gather before the background flush (0: flush at once).
+    is how long successes gather before the background flush (0: flush at once). Longer
+    lingers send fewer records (less Redis and GIL time next to callers) but show successes
+    in the shared window that much later; a failure or probe of the same scopes carries
+    them along at once.
     """
 
     def __init__(
@@ -130,7 +133,7 @@ class FleetBreaker:
         local_store: BreakerStore | None = None,
         guard: StoreGuard | None = None,
         queue_max: int = 1000,
-        success_linger_ms: float = 5.0,
+        success_linger_ms: float = 20.0,
     ) -> None:
         """Build a breaker on ``store``; see the class docstring for the arguments."""
         if fallback not in ("local", "fail_open", "fail_closed"):
@@ -141,7 +144,7 @@ class FleetBreaker:
         if not success_linger_ms >= 0:
             raise ValueError(
                 f"success_linger_ms={success_linger_ms!r} is invalid: use a number >= 0 "
-                "(0 sends each success at once; default 5.0)"
+                "(0 sends each success at once; default 20.0)"
             )
         self._store = store
         self._policy_for = policy_for

@@ -84,7 +84,7 @@ class RecordSender:
         policies: Callable[[tuple[ScopeGrant, ...]], GrantPairs],
         *,
         maxsize: int,
-        linger_s: float = 0.005,
+        linger_s: float = 0.02,
     ) -> None:
         """Build a sender; ``maxsize`` bounds the distinct pending grant sets, ``linger_s``
         is how long the thread lets successes gather before a flush (0: flush at once)."""
