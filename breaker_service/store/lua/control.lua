@@ -2,7 +2,7 @@
 
 KEYS[1]   the hash of the scope
 ARGV[1]   action: force_open | force_closed | disable | reset
-ARGV[2]   the scope's policy: a JSON array of 15 numbers, in the order of acquire.lua
+ARGV[2]   the scope's policy: 15 big-endian doubles (struct '>15d'), in the order of acquire.lua
 Time      redis TIME (milliseconds), made monotonic by the stored field ln.
 Returns   the transition as one string "1,<from>,<to>,manual,0,0,<generation>,-1,<at_ms>"
 
@@ -13,6 +13,7 @@ leases, so in-flight calls can no longer move the state. reset is followed by PE
 ttl_ms; the other actions PERSIST the key (a forced state must not expire).
 ]]
 
+local POLICY = '>ddddddddddddddd'  -- 15 big-endian doubles (redis.py _POLICY_STRUCT)
 local key, action = KEYS[1], ARGV[1]
 local targets = {force_open = 'forced_open', force_closed = 'forced_closed',
                  disable = 'disabled', reset = 'closed'}
@@ -20,7 +21,7 @@ local to = targets[action]
 if not to then
   return redis.error_reply('control action ' .. tostring(action) .. ' is unknown')
 end
-local pol = cjson.decode(ARGV[2])
+local pol = {struct.unpack(POLICY, ARGV[2])}
 local bucket_ms, n, ttl = pol[1], pol[2], pol[15]
 
 local t = redis.call('TIME')

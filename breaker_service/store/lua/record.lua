@@ -9,7 +9,7 @@ ARGV[5]   count: how many calls this record stands for (> 1 only for aggregated 
           successes, validated by the caller)
 ARGV      then 4 values per scope i, at ARGV[5 + (i-1)*4 + 1 .. 5 + (i-1)*4 + 4]:
             1 generation of the grant  2 probe token ("" = not a probe)
-            3 the scope's policy: a JSON array of 15 numbers, in the order of acquire.lua
+            3 the scope's policy: 15 big-endian doubles (struct '>15d'), in the order of acquire.lua
             4 how many of the calls were slow for this scope (-1 = judge ARGV[3])
 Time      redis TIME (milliseconds), made monotonic per scope by the stored field ln.
 Returns   the transitions as one string: rows joined by ";", each "<scope_index>,<from>,<to>,
@@ -28,6 +28,7 @@ not expire on their own: those keys are PERSISTed until an operator changes the 
 ]]
 
 local NPER, HEAD = 4, 5
+local POLICY = '>ddddddddddddddd'  -- 15 big-endian doubles (redis.py _POLICY_STRUCT)
 local jitter = tonumber(ARGV[1])
 local cls = ARGV[2]
 local latency = tonumber(ARGV[3])
@@ -39,7 +40,7 @@ local t = redis.call('TIME')
 local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local function policy(text)
-  local v = cjson.decode(text)
+  local v = {struct.unpack(POLICY, text)}
   return {bucket_ms = v[1], n = v[2], fr = v[3], min_calls = v[4], slow_ms = v[5], sr = v[6],
           consecutive = v[7], successes = v[9], base = v[11], factor = v[12], cap = v[13],
           jr = v[14], ttl = v[15]}
