@@ -137,10 +137,12 @@ class RecordSender:
 
     def take(self, scopes: Collection[Scope], timeout_s: float = 5.0) -> list[RecordItem]:
         """Remove and return the pending aggregates touching ``scopes``, once no in-flight
-        flush touches them (so the caller's record lands after them)."""
+        flush touches them (so the caller's record lands after them). On the sender thread
+        itself (a listener recording from inside a send) it does not wait for its own send."""
         deadline = time.monotonic() + timeout_s
+        own = threading.current_thread() is self._thread  # a listener called back from a send
         with self._cond:
-            while any(not agg.scopes.isdisjoint(scopes) for agg in self._inflight):
+            while not own and any(not agg.scopes.isdisjoint(scopes) for agg in self._inflight):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     log.warning("breaker record waited timeout_s=%s for a flush", timeout_s)

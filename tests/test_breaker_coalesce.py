@@ -245,3 +245,22 @@ def test_take_waits_for_an_in_flight_flush_of_its_scopes() -> None:
     assert order[0] == "sent 1" and order[-1].startswith("taken ")
     assert sum(int(entry.split()[1]) for entry in order) == 2
     assert sender.close(timeout_s=30) and sender.pending == 0
+
+
+def test_take_from_inside_a_send_does_not_wait_for_itself() -> None:
+    """A listener that records a failure while the sender thread is sending (e.g. reacting to
+    a transition) must not wait for the very send it runs in."""
+    from breaker_service.sender import RecordSender
+    from breaker_service.store.base import RecordItem, ScopeGrant
+
+    taken: list[int] = []
+    sender: RecordSender
+
+    def send(items: list[RecordItem]) -> None:
+        taken.append(len(sender.take([PROV], timeout_s=600)))
+
+    sender = RecordSender(send, lambda gs: [(g, POLICY) for g in gs], maxsize=10, linger_s=0)
+    assert sender.add((ScopeGrant(PROV, 0),), 1.0)
+    assert sender.flush(timeout_s=30)
+    assert taken == [0]
+    sender.close(timeout_s=30)
