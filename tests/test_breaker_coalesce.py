@@ -40,18 +40,28 @@ HELD_MS = 600_000.0  # a linger no test waits out: only flush/close/a failure se
 
 
 class EvalCounter(redis.Redis):
-    """A real client that counts the script calls it sends outside pipelines."""
+    """A real client that counts the script calls written to its sockets (pipelined or not,
+    pre-packed or not)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.scripts_sent = 0
-        self._lock = threading.Lock()
+    scripts_sent: list[int]
 
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        if str(args[0]).upper() == "EVALSHA":
-            with self._lock:
-                self.scripts_sent += 1
-        return super().execute_command(*args, **options)
+    @classmethod
+    def connect(cls, url: str, **kwargs: Any) -> EvalCounter:
+        sent = [0]
+        lock = threading.Lock()
+
+        class Counting(redis.Connection):
+            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                chunks = [command] if isinstance(command, bytes | str) else list(command)
+                wire = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
+                with lock:
+                    sent[0] += wire.upper().count(b"\r\nEVALSHA\r\n")
+                super().send_packed_command(chunks, check_health)  # type: ignore[no-untyped-call]
+
+        client = cls.from_url(url, connection_class=Counting, **kwargs)
+        assert isinstance(client, EvalCounter)
+        client.scripts_sent = sent
+        return client
 
 
 class Transitions(BreakerListener):
@@ -64,8 +74,7 @@ class Transitions(BreakerListener):
 
 @pytest.fixture
 def client(fleet_settings: FleetSettings) -> Iterator[EvalCounter]:
-    conn = EvalCounter.from_url(fleet_settings.redis_url, socket_timeout=5.0)
-    assert isinstance(conn, EvalCounter)
+    conn = EvalCounter.connect(fleet_settings.redis_url, socket_timeout=5.0)
     yield conn
     conn.close()
 
@@ -104,9 +113,9 @@ def test_successes_of_one_grant_set_travel_as_one_record(
         with breaker.protect([PROV, MODEL]):
             pass
     assert breaker.pending_records == 100
-    before = client.scripts_sent
+    before = client.scripts_sent[0]
     assert breaker.flush(timeout_s=30)  # cuts the linger short
-    assert client.scripts_sent - before == 1  # one record.lua call for 100 calls
+    assert client.scripts_sent[0] - before == 1  # one record.lua call for 100 calls
     assert breaker.pending_records == 0
     assert breaker.snapshot(PROV).calls == 100 and breaker.snapshot(MODEL).calls == 100
 
@@ -161,9 +170,9 @@ def test_ignored_outcome_of_an_allow_permit_sends_nothing(
     breaker: FleetBreaker, client: EvalCounter
 ) -> None:
     permit = _allow(breaker, [PROV])
-    before = client.scripts_sent
+    before = client.scripts_sent[0]
     breaker.record(permit, Outcome(OutcomeClass.IGNORED, 1.0, status=400))
-    assert client.scripts_sent == before and breaker.pending_records == 0
+    assert client.scripts_sent[0] == before and breaker.pending_records == 0
     assert breaker.snapshot(PROV).calls == 0
 
 
