@@ -416,3 +416,61 @@ def test_acquire_follows_the_policy_passed_each_call(store: RedisStore) -> None:
         store.acquire([(PROVIDER, POLICY.merged({"buckets": 20}))])
     assert len(store._acquire_by_id) <= 1024
     assert sum(1 for names, _ in store._acquire_by_value if names == (PROVIDER,)) == 1
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_redis_and_memory_agree_on_aggregates_and_batches(client: redis.Redis, seed: int) -> None:
+    """Random batches (coalesced successes of held grants, then one single outcome) give the
+    same transitions and snapshots on both stores, slow-call trips included."""
+    rng = random.Random(seed)
+    p = BreakerPolicy(
+        window_ms=60_000,
+        minimum_calls=5,
+        failure_rate_threshold=0.6,
+        consecutive_failures=3,
+        slow_call_ms=1_000,
+        slow_call_rate_threshold=0.5,
+        half_open_max_probes=2,
+        half_open_successes=2,
+        open_base_ms=10,
+        open_cap_ms=20,
+        jitter_ratio=0.0,
+    )
+    clock = [1_000_000]
+    mem = MemoryStore(clock_ms=lambda: clock[0])
+    red = RedisStore(client, namespace=f"agg{seed}")
+    scopes = [(PROVIDER, p), (MODEL, p)]
+    singles = [
+        Outcome(OutcomeClass.SUCCESS, latency_ms=10),
+        Outcome(OutcomeClass.FAILURE, latency_ms=10),
+        Outcome(OutcomeClass.IGNORED),
+    ]
+    triggers: set[str] = set()
+    for step in range(80):
+        clock[0] += 25
+        _let_redis_time_pass(client, 25)
+        (rm, tm), (rr, tr_) = mem.acquire(scopes), red.acquire(scopes)
+        assert (rm.allowed, rm.reason) == (rr.allowed, rr.reason), step
+        assert list(map(_norm_tr, tm)) == list(map(_norm_tr, tr_)), step
+        triggers.update(t.trigger for t in tm)
+        if not rm.allowed:
+            continue
+        slow = rng.randint(0, 6)
+        n = rng.randint(0 if slow else 1, 4)
+        batches = []
+        for grants in (rm.grants, rr.grants):
+            plain = tuple((ScopeGrant(g.scope, g.generation), p) for g in grants)
+            items = [RecordItem(plain, OK, count=n + slow, slow=(slow, slow))]
+            items.append(RecordItem(tuple((g, p) for g in grants), rng.choice(singles)))
+            batches.append(items)
+        outcome = rng.choice(singles)
+        batches[0][-1] = RecordItem(batches[0][-1].grants, outcome)
+        batches[1][-1] = RecordItem(batches[1][-1].grants, outcome)
+        tm = mem.record_many(batches[0], jitter=0.5)
+        tr_ = red.record_many(batches[1], jitter=0.5)
+        assert list(map(_norm_tr, tm)) == list(map(_norm_tr, tr_)), step
+        triggers.update(t.trigger for t in tm)
+        for scope, _ in scopes:
+            assert _norm_snap(mem.snapshot(scope, p)) == _norm_snap(red.snapshot(scope, p)), step
+    # aggregates really tripped the breaker, and half-open periods came and went
+    assert {"slow_calls", "open_elapsed"} <= triggers
