@@ -19,10 +19,6 @@ from fleet.testing.wait import free_port, wait_until
 DEFAULT_IMAGE = "redis:7-alpine"
 
 
-class DockerUnavailable(RuntimeError):
-    """No Docker engine answered; container tests cannot run."""
-
-
 def docker_available() -> bool:
     """True when a Docker engine answers a ping."""
     try:
