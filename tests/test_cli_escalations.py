@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -14,19 +13,11 @@ from typer.testing import CliRunner
 
 from fleet.cli import build_app
 from fleet.escalation import EscalationQueue
-from fleet.redis_client import make_redis
 from fleet.settings import FleetSettings
 from fleet.testing import free_port
 from fleet.types import Attempt
 
 QUEUE = "esc-cli-test"
-
-
-@pytest.fixture
-def client(fleet_settings: FleetSettings) -> Iterator[redis.Redis]:
-    conn = make_redis(fleet_settings)
-    yield conn
-    conn.close()
 
 
 @pytest.fixture

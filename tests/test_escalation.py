@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -49,13 +49,6 @@ class RedisRequeue:
 
     def jobs(self) -> list[dict[str, Any]]:
         return [json.loads(raw) for raw in self.client.lrange(self.key, 0, -1)]
-
-
-@pytest.fixture
-def client(fleet_settings: FleetSettings) -> Iterator[redis.Redis]:
-    conn = make_redis(fleet_settings)
-    yield conn
-    conn.close()
 
 
 @pytest.fixture

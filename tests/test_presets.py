@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -49,13 +48,6 @@ class Clock:
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     return load_registry(environ={})
-
-
-@pytest.fixture
-def client(fleet_settings: FleetSettings) -> Iterator[redis.Redis]:
-    conn = make_redis(fleet_settings)
-    yield conn
-    conn.close()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ escalations its scope caused, for task types that opted in, once, oldest first."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -17,7 +17,6 @@ from breaker_service.scope import Scope
 from breaker_service.store.base import Transition
 from breaker_service.store.memory import MemoryStore
 from fleet.escalation import EscalationQueue
-from fleet.redis_client import make_redis
 from fleet.registry import load_registry
 from fleet.replay import AutoReplayListener, registry_auto_replay
 from fleet.settings import FleetSettings
@@ -47,13 +46,6 @@ class RedisRequeue:
 
     def job_ids(self) -> list[str]:
         return [json.loads(raw)["job_id"] for raw in self.client.lrange("test:requeued", 0, -1)]
-
-
-@pytest.fixture
-def client(fleet_settings: FleetSettings) -> Iterator[redis.Redis]:
-    conn = make_redis(fleet_settings)
-    yield conn
-    conn.close()
 
 
 @pytest.fixture
