@@ -20,6 +20,7 @@ from breaker_service.scope import Scope
 from breaker_service.store._window import SlidingWindow
 from breaker_service.store.base import (
     FORCED_OPEN_RETRY_AFTER_MS,
+    SUSPECT_RETRY_CAP_MS,
     AcquireResult,
     BreakerStore,
     ControlAction,
@@ -31,6 +32,7 @@ from breaker_service.store.base import (
     aggregate_trip_point,
     check_aggregate,
     clamp_jitter,
+    suspect_slots,
 )
 
 _CONTROL_TARGET: dict[str, State] = {
@@ -59,11 +61,14 @@ class _Scope:
     consecutive: int = 0
     probe_successes: int = 0
     leases: dict[str, int] = field(default_factory=dict)
+    suspect: dict[str, int] = field(default_factory=dict)  # suspect leases: token -> expiry
 
     def reclaim(self, now_ms: int) -> None:
-        """Forget probe leases that expired (their holder died or hung)."""
+        """Forget probe and suspect leases that expired (their holder died or hung)."""
         if self.leases:
             self.leases = {tok: exp for tok, exp in self.leases.items() if exp > now_ms}
+        if self.suspect:
+            self.suspect = {tok: exp for tok, exp in self.suspect.items() if exp > now_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,7 @@ class _Decision:
     retry_after_ms: int = 0
     elapsed: bool = False  # open period over: move to half_open on the way
     probe: bool = False  # take a probe lease
+    suspect: bool = False  # take a suspect lease
 
 
 class MemoryStore(BreakerStore):
@@ -106,6 +112,8 @@ class MemoryStore(BreakerStore):
 
     @staticmethod
     def _decide(st: _Scope | None, policy: BreakerPolicy, now: int) -> _Decision:
+        if st is not None and st.state == "closed" and st.consecutive and policy.suspect_cap:
+            return MemoryStore._decide_suspect(st, policy, now)
         if st is None or st.state in ("closed", "forced_closed", "disabled"):
             return _Decision(True)
         if st.state == "forced_open":
@@ -116,6 +124,14 @@ class MemoryStore(BreakerStore):
         if len(live) >= policy.half_open_max_probes:
             return _Decision(False, "half_open_full", max(1, min(live) - now))
         return _Decision(True, probe=True)
+
+    @staticmethod
+    def _decide_suspect(st: _Scope, policy: BreakerPolicy, now: int) -> _Decision:
+        live = [exp for exp in st.suspect.values() if exp > now]
+        if len(live) >= suspect_slots(policy, st.consecutive):
+            retry = min(min(live) - now, SUSPECT_RETRY_CAP_MS)
+            return _Decision(False, "suspect_full", max(1, retry))
+        return _Decision(True, suspect=True)
 
     @staticmethod
     def _decide_open(st: _Scope, now: int) -> _Decision:
@@ -134,6 +150,7 @@ class MemoryStore(BreakerStore):
         st.state = to
         st.generation += 1
         st.leases = {}
+        st.suspect = {}
         st.probe_successes = 0
         if to != "open":
             st.open_until_ms = None
@@ -199,8 +216,12 @@ class MemoryStore(BreakerStore):
         st = self._get(grant.scope, policy, now)
         if grant.probe_token is not None:
             st.leases.pop(grant.probe_token, None)
+        if grant.lease_token is not None:
+            st.suspect.pop(grant.lease_token, None)
         if outcome.cls == OutcomeClass.IGNORED:
             return None
+        if outcome.cls is OutcomeClass.SUCCESS:
+            st.suspect = {}  # the consecutive counter resets: the scope is no longer suspect
         if count > 1:
             return self._record_successes(
                 grant, st, policy=policy, count=count, slow=slow, outcome=outcome, jitter=jitter,
@@ -307,6 +328,13 @@ class MemoryStore(BreakerStore):
             grants: list[ScopeGrant] = []
             transitions: list[Transition] = []
             for (scope, policy), d in zip(scopes, decisions, strict=True):
+                if d.suspect:
+                    st = self._scopes[scope]
+                    st.reclaim(now)
+                    token = f"{next(self._tokens)}"
+                    st.suspect[token] = now + policy.probe_lease_ms
+                    grants.append(ScopeGrant(scope, st.generation, None, token))
+                    continue
                 if not d.probe:
                     gen = self._scopes[scope].generation if scope in self._scopes else 0
                     grants.append(ScopeGrant(scope, gen, None))
@@ -390,6 +418,7 @@ class MemoryStore(BreakerStore):
                 probes_in_flight=sum(1 for exp in st.leases.values() if exp > now),
                 probe_successes=st.probe_successes,
                 now_ms=now,
+                suspect_in_flight=sum(1 for exp in st.suspect.values() if exp > now),
             )
 
     def scopes(self) -> list[Scope]:
