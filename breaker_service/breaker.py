@@ -279,15 +279,16 @@ class FleetBreaker:
         self._rejoined()
         self._announce(transitions, source="shared")
 
+    def _local_grant(self, scope: Scope, policy: BreakerPolicy) -> ScopeGrant:
+        snap = self._local.snapshot(scope, policy)
+        return ScopeGrant(scope, snap.generation, fail_seq=snap.fail_seq)
+
     def _record_local(self, item: RecordItem, *, rebase: bool) -> None:
         pairs = item.grants
         if rebase:
             # A grant of the shared store means nothing to the local one: count it against
-            # the local scope's current generation, as a non-probe call.
-            pairs = tuple(
-                (ScopeGrant(g.scope, self._local.snapshot(g.scope, p).generation), p)
-                for g, p in pairs
-            )
+            # the local scope's current generation and failure sequence, as a non-probe call.
+            pairs = tuple((self._local_grant(g.scope, p), p) for g, p in pairs)
         transitions = self._local.record(
             pairs, item.outcome, jitter=self._rng.random(), count=item.count, slow=item.slow
         )

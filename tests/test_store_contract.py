@@ -814,8 +814,12 @@ def test_cap_never_falls_below_one(h: Harness) -> None:
 
 def test_success_ends_suspicion_and_drops_every_lease(h: Harness) -> None:
     p = pol(consecutive_failures=3, minimum_calls=100)
-    before = h.store.acquire([(MODEL, p)])[0].grants[0]  # admitted while cf was 0
     assert h.call(FAIL, p)[1] == []
+    # admitted after the failure without a lease (the cap is off for this acquire only), so
+    # its success is not stale (a success admitted before the failure keeps cf: see below)
+    uncapped = pol(consecutive_failures=3, minimum_calls=100, suspect_cap=False)
+    before = h.store.acquire([(MODEL, uncapped)])[0].grants[0]
+    assert before.lease_token is None
     held = [_suspect_grant(h, p), _suspect_grant(h, p)]
     _suspect_full(h, p)
     # a success of a lease-free call resets cf: every suspect lease goes
@@ -843,8 +847,10 @@ def test_success_with_a_lease_ends_suspicion(h: Harness) -> None:
 
 def test_aggregated_success_ends_suspicion(h: Harness) -> None:
     p = pol(consecutive_failures=2, minimum_calls=100)
-    plain = h.store.acquire([(MODEL, p)])[0].grants[0]
     assert h.call(FAIL, p)[1] == []
+    # lease-free and admitted after the failure (cap off for this acquire): not stale
+    uncapped = pol(consecutive_failures=2, minimum_calls=100, suspect_cap=False)
+    plain = h.store.acquire([(MODEL, uncapped)])[0].grants[0]
     _suspect_grant(h, p)
     assert h.store.record([(plain, p)], OK, jitter=0, count=3, slow=(0,)) == []
     assert h.store.snapshot(MODEL, p).suspect_in_flight == 0
@@ -932,3 +938,89 @@ def test_suspect_cap_off_admits_freely(h: Harness) -> None:
     assert h.store.snapshot(MODEL, p).suspect_in_flight == 0
     (tr,) = h.store.record([(grants[0].grants[0], p)], FAIL, jitter=0)
     assert tr.trigger == "consecutive"
+
+
+# -- stale successes: a success admitted before a counted failure does not reset cf --------
+
+
+def test_stale_successes_do_not_delay_the_consecutive_trip(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100)
+    early = [h.store.acquire([(MODEL, p)])[0].grants[0] for _ in range(4)]
+    assert {g.fail_seq for g in early} == {0}
+    assert h.store.record([(early[0], p)], FAIL, jitter=0) == []  # cf 1, fs 1
+    # a success admitted before that failure arrives late: counted, but cf stays
+    assert h.store.record([(early[1], p)], OK, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.fail_seq, snap.calls, snap.failures) == (1, 1, 2, 1)
+    lease = _suspect_grant(h, p)
+    assert lease.fail_seq == 1
+    assert h.store.record([(early[2], p)], FAIL, jitter=0) == []  # cf 2, fs 2
+    assert h.store.record([(early[3], p)], SLOW_OK, jitter=0) == []  # stale again
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.calls, snap.slow_calls) == (2, 4, 1)
+    assert snap.suspect_in_flight == 1  # the stale success dropped no lease
+    (tr,) = h.store.record([(lease, p)], FAIL, jitter=0)  # cf 3: trips at the threshold
+    assert (tr.trigger, tr.threshold, tr.value) == ("consecutive", 3.0, 3.0)
+
+
+def test_stale_success_frees_only_its_own_lease(h: Harness) -> None:
+    p = pol(consecutive_failures=4, minimum_calls=100)
+    assert h.call(FAIL, p)[1] == []  # cf 1, fs 1, cap 3
+    mine, other = _suspect_grant(h, p), _suspect_grant(h, p)
+    assert mine.fail_seq == other.fail_seq == 1
+    third = _suspect_grant(h, p)
+    assert h.store.record([(third, p)], FAIL, jitter=0) == []  # cf 2, fs 2, cap 2, held 2
+    _suspect_full(h, p)
+    assert h.store.record([(mine, p)], OK, jitter=0) == []  # stale: frees its own lease only
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.fail_seq, snap.suspect_in_flight) == (2, 2, 1)
+    fresh = _suspect_grant(h, p)  # cap 2, held 1: one slot again
+    assert fresh.fail_seq == 2
+    _suspect_full(h, p)
+    # a success admitted after the latest failure resets cf and drops every lease
+    assert h.store.record([(fresh, p)], OK, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.fail_seq, snap.suspect_in_flight) == (0, 2, 0)
+    assert snap.calls == 4
+    assert h.store.acquire([(MODEL, p)])[0].grants[0].lease_token is None
+    # other's record (a failure) still counts, against the fresh counter
+    assert h.store.record([(other, p)], FAIL, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.fail_seq) == (1, 3)
+
+
+def test_stale_aggregate_counts_in_window_but_keeps_cf(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100, slow_call_ms=50)
+    early = [h.store.acquire([(MODEL, p)])[0].grants[0] for _ in range(2)]
+    assert h.store.record([(early[0], p)], FAIL, jitter=0) == []  # cf 1, fs 1
+    lease = _suspect_grant(h, p)
+    # a coalesced batch of successes admitted before the failure
+    assert h.store.record([(early[1], p)], OK, jitter=0, count=5, slow=(2,)) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.calls, snap.failures, snap.slow_calls) == (6, 1, 2)
+    assert (snap.consecutive_failures, snap.suspect_in_flight) == (1, 1)
+    # a batch admitted after it resets cf and drops the leases
+    uncapped = pol(consecutive_failures=3, minimum_calls=100, slow_call_ms=50, suspect_cap=False)
+    late = h.store.acquire([(MODEL, uncapped)])[0].grants[0]
+    assert (late.fail_seq, late.lease_token) == (1, None)
+    assert h.store.record([(late, p)], OK, jitter=0, count=3, slow=(0,)) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.calls, snap.consecutive_failures, snap.suspect_in_flight) == (9, 0, 0)
+    assert h.store.record([(lease, p)], FAIL, jitter=0) == []  # cf 1 again, no trip
+    assert h.store.snapshot(MODEL, p).consecutive_failures == 1
+
+
+def test_fail_seq_is_in_every_grant_and_survives_transitions(h: Harness) -> None:
+    p = pol(consecutive_failures=2, minimum_calls=100, open_base_ms=100, half_open_successes=1)
+    assert h.store.acquire([(MODEL, p)])[0].grants[0].fail_seq == 0
+    trip(h, p)
+    fs = h.store.snapshot(MODEL, p).fail_seq
+    assert fs >= 2
+    h.elapse(100)
+    probe = h.store.acquire([(MODEL, p)])[0].grants[0]
+    assert (probe.probe_token is not None, probe.fail_seq) == (True, fs)
+    assert [t.to_state for t in h.store.record([(probe, p)], OK, jitter=0)] == ["closed"]
+    # fast path (closed, cf 0) answers fs too, and a changed fs changes the grant
+    assert h.store.acquire([(MODEL, p)])[0].grants[0].fail_seq == fs
+    assert h.call(FAIL, p)[1] == []
+    assert h.store.acquire([(MODEL, p)])[0].grants[0].fail_seq == fs + 1

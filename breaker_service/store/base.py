@@ -49,11 +49,21 @@ Semantic decisions common to both stores:
   takes one (``ScopeGrant.lease_token``, expiry ``now + probe_lease_ms``). Otherwise it rejects
   with reason ``suspect_full`` and ``retry_after_ms = clamp(earliest lease expiry - now, 1,
   250)``. A record carrying the token frees that lease (any outcome, IGNORED too, any
-  generation); a SUCCESS (it resets ``cf``) and every transition drop all suspect leases;
-  expired leases are reclaimed on access. So a dying provider receives at most the calls
-  already in flight when the first failure landed plus the failures still needed to trip,
-  instead of everything the fleet sends until the trip. Calls admitted while ``cf`` is 0 hold
-  no lease and are never limited. ``suspect_cap=False`` turns the cap off.
+  generation); a SUCCESS that resets ``cf`` (see stale successes below) and every
+  transition drop all suspect leases; expired leases are reclaimed on access. So a dying
+  provider receives at most the calls already in flight when the first failure landed plus
+  the failures still needed to trip, instead of everything the fleet sends until the trip.
+  Calls admitted while ``cf`` is 0 hold no lease and are never limited.
+  ``suspect_cap=False`` turns the cap off.
+- **Stale successes**: each scope counts its failures in ``fs`` (the failure sequence number:
+  +1 whenever a failure raises the consecutive counter ``cf``; it never goes down while the
+  scope's state exists), and every grant carries ``fs`` as of its admission
+  (``ScopeGrant.fail_seq``). A SUCCESS whose ``fail_seq`` is lower than the scope's ``fs`` was
+  admitted before a failure that is already counted: it still counts in the window (calls,
+  slow calls, slow-call trips) and frees its own suspect lease, but it does not reset ``cf``
+  and does not drop the other suspect leases. Successes that arrive late (coalesced, from
+  other processes) therefore cannot delay a consecutive trip or reopen a suspect scope.
+  A SUCCESS with ``fail_seq >= fs`` resets ``cf`` as before. Probes are unchanged.
 """
 
 from __future__ import annotations
@@ -169,12 +179,15 @@ class ScopeGrant:
     ``probe_token`` is set only when the scope is half_open and this call holds a probe lease.
     ``lease_token`` is set only when the scope was closed but suspect (see the module
     docstring) and this call holds a suspect lease: record it promptly, it blocks admissions.
+    ``fail_seq`` is the scope's failure sequence number ``fs`` at admission: a SUCCESS recorded
+    with an older one does not reset the consecutive counter (module docstring, stale successes).
     """
 
     scope: Scope
     generation: int
     probe_token: str | None = None
     lease_token: str | None = None
+    fail_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -234,7 +247,8 @@ class RecordItem:
 class ScopeSnapshot:
     """A read-only view of one scope (for the CLI and operators); window values are live.
 
-    ``suspect_in_flight`` counts the live suspect leases (see the module docstring)."""
+    ``suspect_in_flight`` counts the live suspect leases, ``fail_seq`` is the failure sequence
+    number ``fs`` (see the module docstring)."""
 
     scope: Scope
     state: State
@@ -251,6 +265,7 @@ class ScopeSnapshot:
     probe_successes: int
     now_ms: int
     suspect_in_flight: int = 0
+    fail_seq: int = 0
 
 
 class BreakerStore(ABC):

@@ -59,6 +59,7 @@ class _Scope:
     open_period_ms: int = 0
     trips: int = 0
     consecutive: int = 0
+    fail_seq: int = 0  # fs: +1 per failure that raised `consecutive`; never goes down
     probe_successes: int = 0
     leases: dict[str, int] = field(default_factory=dict)
     suspect: dict[str, int] = field(default_factory=dict)  # suspect leases: token -> expiry
@@ -220,17 +221,23 @@ class MemoryStore(BreakerStore):
             st.suspect.pop(grant.lease_token, None)
         if outcome.cls == OutcomeClass.IGNORED:
             return None
-        if outcome.cls is OutcomeClass.SUCCESS:
+        # a success admitted before the latest counted failure is stale: it keeps cf and leases
+        fresh = outcome.cls is OutcomeClass.SUCCESS and grant.fail_seq >= st.fail_seq
+        if fresh:
             st.suspect = {}  # the consecutive counter resets: the scope is no longer suspect
         if count > 1:
             return self._record_successes(
                 grant, st, policy=policy, count=count, slow=slow, outcome=outcome, jitter=jitter,
-                now=now,
+                now=now, fresh=fresh,
             )  # fmt: skip
         failed = outcome.cls.counts_as_failure
         is_slow = outcome.latency_ms > policy.slow_call_ms if slow is None else slow > 0
         st.window.add(now, failed=failed, slow=is_slow)
-        st.consecutive = st.consecutive + 1 if failed else 0
+        if failed:
+            st.consecutive += 1
+            st.fail_seq += 1
+        elif fresh:
+            st.consecutive = 0
         if grant.generation != st.generation:
             return None
         rule: tuple[Trigger, float, float] | None = None
@@ -264,11 +271,13 @@ class MemoryStore(BreakerStore):
         outcome: Outcome,
         jitter: float,
         now: int,
+        fresh: bool,
     ) -> Transition | None:
         """``count`` non-probe successes at once, exactly as many single records would do."""
         if slow is None:
             slow = count if outcome.latency_ms > policy.slow_call_ms else 0
-        st.consecutive = 0
+        if fresh:
+            st.consecutive = 0
         w = st.window
         w.advance(now)
         point = None
@@ -333,11 +342,16 @@ class MemoryStore(BreakerStore):
                     st.reclaim(now)
                     token = f"{next(self._tokens)}"
                     st.suspect[token] = now + policy.probe_lease_ms
-                    grants.append(ScopeGrant(scope, st.generation, None, token))
+                    grants.append(ScopeGrant(scope, st.generation, None, token, st.fail_seq))
                     continue
                 if not d.probe:
-                    gen = self._scopes[scope].generation if scope in self._scopes else 0
-                    grants.append(ScopeGrant(scope, gen, None))
+                    known = self._scopes.get(scope)
+                    if known is None:
+                        grants.append(ScopeGrant(scope, 0))
+                    else:
+                        grants.append(
+                            ScopeGrant(scope, known.generation, None, None, known.fail_seq)
+                        )
                     continue
                 st = self._get(scope, policy, now)
                 if d.elapsed:
@@ -354,7 +368,7 @@ class MemoryStore(BreakerStore):
                 st.reclaim(now)
                 token = f"{next(self._tokens)}"
                 st.leases[token] = now + policy.probe_lease_ms
-                grants.append(ScopeGrant(scope, st.generation, token))
+                grants.append(ScopeGrant(scope, st.generation, token, None, st.fail_seq))
             return AcquireResult(True, tuple(grants)), transitions
 
     def record(
@@ -419,6 +433,7 @@ class MemoryStore(BreakerStore):
                 probe_successes=st.probe_successes,
                 now_ms=now,
                 suspect_in_flight=sum(1 for exp in st.suspect.values() if exp > now),
+                fail_seq=st.fail_seq,
             )
 
     def scopes(self) -> list[Scope]:

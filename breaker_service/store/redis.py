@@ -9,6 +9,8 @@ provider is the Cluster hash tag, so one call's keys share a slot. Fields:
 ``tr``                   trips since the last close (drives the backoff)
 ``ln``                   last Redis time seen: time never goes back for this scope
 ``cf``                   consecutive failures
+``fs``                   failure sequence number: +1 per failure that raised ``cf``, never
+                         lowered; grants carry it (a success admitted before it is stale)
 ``ps`` ``ls`` ``tk``     half-open probe successes, live leases ``tok:expiry,...`` (at most
                          ``half_open_max_probes``; expired ones dropped on access), token counter
 ``sl``                   suspect leases ``tok:expiry,...`` (closed with ``cf`` >= 1; fewer than
@@ -18,7 +20,7 @@ provider is the Cluster hash tag, so one call's keys share a slot. Fields:
 ``b<i>c/f/s``            the ring: calls, failures, slow calls of bucket ``i``
 =======================  ===============================================================
 
-The field count is bounded by ``18 + 3 * buckets`` whatever the call rate. Each of
+The field count is bounded by ``19 + 3 * buckets`` whatever the call rate. Each of
 :meth:`~RedisStore.acquire`, :meth:`~RedisStore.record`, :meth:`~RedisStore.control` is one
 script call (one round trip); writes PEXPIRE the key with ``policy.ttl_ms()``, except in the
 sticky states (forced_open, forced_closed, disabled, credential-open), which are PERSISTed so
@@ -139,6 +141,7 @@ def _snapshot_from_hash(scope: Scope, f: dict[str, str], clock_ms: int) -> Scope
         probe_successes=int(f.get("ps", 0)),
         now_ms=now,
         suspect_in_flight=sum(1 for _, exp in suspect if int(exp) > now),
+        fail_seq=int(f.get("fs", 0)),
     )
 
 
@@ -327,9 +330,8 @@ class RedisStore(BreakerStore):
         _, grants_text, transitions_text = parts
         granted = []
         for scope, item in zip(names, grants_text.split(";"), strict=True):
-            gen, _, tokens = item.partition(",")
-            token, _, lease = tokens.partition(",")
-            granted.append(ScopeGrant(scope, int(gen), token or None, lease or None))
+            gen, token, lease, fs = item.split(",")
+            granted.append(ScopeGrant(scope, int(gen), token or None, lease or None, int(fs)))
         result = AcquireResult(True, tuple(granted))
         if not transitions_text and all(
             g.probe_token is None and g.lease_token is None for g in granted
@@ -360,6 +362,7 @@ class RedisStore(BreakerStore):
                 policy_arg(policy),
                 "-1" if slow is None else str(slow[i]),
                 grant.lease_token or "",
+                str(grant.fail_seq),
             ]
         return [self.key(g.scope) for g, _ in grants], argv
 
