@@ -10,7 +10,9 @@ requests it receives, fleet-wide, for each contender, all with the same trip thr
 - agent-fleet: one FleetBreaker per process, shared state in Redis (provider + model scopes);
 - pybreaker per process (memory storage);
 - pybreaker with CircuitRedisStorage (state shared in Redis, per-call reads and writes);
-- no breaker.
+- no breaker;
+- on request only (``--contenders ... agent-fleet-nocap``): agent-fleet with
+  ``suspect_cap=False``, to see what the suspect cap saves in the same session.
 
 Every contender offers the same load (one attempt per thread every ``--pace-ms``; a rejected
 attempt costs a pace tick like a sent one). Prints counts and ratios.
@@ -34,6 +36,7 @@ from fleet.providers.simulated import SimControl, SimulatedProvider
 from fleet.testing.wait import free_port, wait_until
 
 CONTENDERS = ("agent-fleet", "pybreaker-memory", "pybreaker-redis", "no-breaker")
+EXTRA_CONTENDERS = ("agent-fleet-nocap",)
 FAIL_MAX = 5
 OPEN_S = 1.0
 
@@ -81,11 +84,11 @@ def _attempt_fn(
                 pass
 
         return call_pybreaker
-    return _fleet_attempt(redis_url, run_id, send)
+    return _fleet_attempt(redis_url, run_id, send, suspect_cap=kind != "agent-fleet-nocap")
 
 
 def _fleet_attempt(
-    redis_url: str, run_id: str, send: Callable[[httpx.Client], None]
+    redis_url: str, run_id: str, send: Callable[[httpx.Client], None], *, suspect_cap: bool
 ) -> Callable[[httpx.Client], None]:
     import redis
 
@@ -98,7 +101,7 @@ def _fleet_attempt(
     policy = BreakerPolicy(
         consecutive_failures=FAIL_MAX, failure_rate_threshold=0.5, minimum_calls=10,
         open_base_ms=int(OPEN_S * 1000), probe_lease_ms=2_000, half_open_max_probes=1,
-        half_open_successes=2,
+        half_open_successes=2, suspect_cap=suspect_cap,
     )  # fmt: skip
     client = redis.Redis.from_url(redis_url, socket_timeout=0.5)
     breaker = FleetBreaker(
@@ -217,11 +220,16 @@ def main() -> None:
     parser.add_argument("--outage-s", type=float, default=6.0)
     parser.add_argument("--pace-ms", type=float, default=20.0)
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is shown")
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        default=list(CONTENDERS),
+        choices=CONTENDERS + EXTRA_CONTENDERS,
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     port = free_port()
-    kinds = [k for k in CONTENDERS if k in args.contenders]
+    kinds = [k for k in CONTENDERS + EXTRA_CONTENDERS if k in args.contenders]
     runs: dict[str, dict[int, list[int]]] = {k: {w: [] for w in args.workers} for k in kinds}
     later: dict[str, dict[int, list[int]]] = {k: {w: [] for w in args.workers} for k in kinds}
     with redis_server() as redis_url, SimulatedProvider(port=port, name="blast"):

@@ -12,7 +12,9 @@ and interpreter exit flush it). Failures, and every outcome of a half-open probe
 synchronously, together with the pending successes of the same scopes in the same round trip
 (a pipeline, successes first, so a failure is never overtaken by an older success): a failing
 call costs two round trips and a probe result is never delayed. An IGNORED outcome of an
-``allow`` permit changes nothing in the store, so it is not sent.
+``allow`` permit changes nothing in the store, so it is not sent. A permit that holds a
+suspect lease (its scope had failures in a row when it was admitted) is recorded
+synchronously whatever the outcome, IGNORED included: the lease blocks admissions until freed.
 
 Transitions the store returns are announced exactly once, by this process: one event in the
 stream (:mod:`breaker_service.events`), one structured log line, and the listeners'
@@ -82,18 +84,30 @@ class Permit:
 
     A scope an operator disabled answers ``allow`` (the store's acquire does not report the
     state); its outcomes are recorded as metrics only by the store.
+
+    An ``allow`` permit of a *suspect* scope (closed, with consecutive failures, see
+    :mod:`breaker_service.store.base`) holds a suspect lease (:attr:`holds_lease`): its
+    outcome is recorded synchronously, never coalesced, because the lease blocks admissions
+    until it is freed.
     """
 
     grants: tuple[ScopeGrant, ...]
     decision: Decision
+
+    @property
+    def holds_lease(self) -> bool:
+        """True when a grant holds a suspect lease (the outcome is recorded at once)."""
+        return any(g.lease_token is not None for g in self.grants)
 
 
 @dataclass(frozen=True)
 class Rejection:
     """The call must not be made. Come back after ``retry_after_s`` seconds.
 
-    ``reason``: ``open``, ``half_open_full``, ``forced_open``, ``credential`` or
-    ``store_unavailable`` (Redis unavailable and ``fallback="fail_closed"``).
+    ``reason``: ``open``, ``half_open_full``, ``forced_open``, ``credential``,
+    ``suspect_full`` (the scope has failures in a row and enough calls in flight to trip it:
+    retry within 250 ms) or ``store_unavailable`` (Redis unavailable and
+    ``fallback="fail_closed"``).
     """
 
     scope: str
@@ -234,11 +248,11 @@ class FleetBreaker:
         """Report how the permitted call went. Never raises RedisError/StoreUnavailable.
 
         A SUCCESS of an ``allow`` permit is sent in the background (coalesced); an IGNORED one
-        changes nothing and is not sent; probes and failures are recorded before this returns,
-        after the pending successes of the same scopes.
+        changes nothing and is not sent; probes, permits holding a suspect lease and failures
+        are recorded before this returns, after the pending successes of the same scopes.
         """
         decision = permit.decision
-        if decision == "allow" and not self._closed:
+        if decision == "allow" and not self._closed and not permit.holds_lease:
             if outcome.cls is OutcomeClass.SUCCESS:
                 if self._sender.add(permit.grants, outcome.latency_ms):
                     return
@@ -265,15 +279,16 @@ class FleetBreaker:
         self._rejoined()
         self._announce(transitions, source="shared")
 
+    def _local_grant(self, scope: Scope, policy: BreakerPolicy) -> ScopeGrant:
+        snap = self._local.snapshot(scope, policy)
+        return ScopeGrant(scope, snap.generation, fail_seq=snap.fail_seq)
+
     def _record_local(self, item: RecordItem, *, rebase: bool) -> None:
         pairs = item.grants
         if rebase:
             # A grant of the shared store means nothing to the local one: count it against
-            # the local scope's current generation, as a non-probe call.
-            pairs = tuple(
-                (ScopeGrant(g.scope, self._local.snapshot(g.scope, p).generation), p)
-                for g, p in pairs
-            )
+            # the local scope's current generation and failure sequence, as a non-probe call.
+            pairs = tuple((self._local_grant(g.scope, p), p) for g, p in pairs)
         transitions = self._local.record(
             pairs, item.outcome, jitter=self._rng.random(), count=item.count, slow=item.slow
         )

@@ -26,8 +26,8 @@ class BreakerOpen(BreakerError):
     """A breaker scope rejected the call.
 
     ``scope`` names the rejecting scope, ``reason`` why (``open``, ``forced_open``,
-    ``half_open_full``, ``credential``, ``store_unavailable``), and ``retry_after_s`` when to
-    come back.
+    ``half_open_full``, ``credential``, ``suspect_full``, ``store_unavailable``), and
+    ``retry_after_s`` when to come back.
     """
 
     def __init__(self, scope: str, reason: str, retry_after_s: float) -> None:

@@ -45,6 +45,14 @@ class BreakerPolicy(BaseModel):
     jitter_ratio: float = Field(
         0.1, ge=0, le=1, description="Open period is extended by up to this fraction, at random."
     )
+    suspect_cap: bool = Field(
+        True,
+        description=(
+            "Once a closed scope has 1+ consecutive failures, admit at most as many calls at a "
+            "time as failures still needed to trip (each holds a lease of probe_lease_ms); "
+            "others are rejected with reason suspect_full. False: closed admits everything."
+        ),
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> BreakerPolicy:

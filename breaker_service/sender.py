@@ -2,11 +2,11 @@
 never lost.
 
 A successful ``allow`` call only merges into an aggregate kept per grant set (same scopes, same
-generations, no probe): ``{count, slow calls per scope, last latency}``. One daemon thread per
-breaker wakes when the first success is pending, waits ``linger_s`` (more successes merge
-meanwhile), then sends every aggregate in one store call (a Redis pipeline: one round trip per
-flush, one script call per grant set, whatever the number of calls). While a flush is in
-flight, new successes merge into the next aggregates.
+generations and ``fail_seq``, no probe): ``{count, slow calls per scope, last latency}``. One
+daemon thread per breaker wakes when the first success is pending, waits ``linger_s`` (more
+successes merge meanwhile), then sends every aggregate in one store call (a Redis pipeline: one
+round trip per flush, one script call per grant set, whatever the number of calls). While a flush
+is in flight, new successes merge into the next aggregates.
 
 Order: :meth:`take` hands the pending aggregates of some scopes to a synchronous record (a
 failure, a probe) after waiting for an in-flight flush that touches them, so the caller sends

@@ -28,7 +28,8 @@ def shipped_registry_text() -> str:
 def _breaker_toml(policy: BreakerPolicy) -> str:
     lines = ["[breaker]"]
     for name, value in policy.model_dump().items():
-        lines.append(f"{name} = {value!r}")
+        text = str(value).lower() if isinstance(value, bool) else repr(value)  # TOML true/false
+        lines.append(f"{name} = {text}")
     return "\n".join(lines) + "\n\n"
 
 

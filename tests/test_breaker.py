@@ -414,3 +414,36 @@ def test_from_settings_uses_namespace_fallback_worker_and_stream(
     assert fields[b"worker"] == b"host:42" and fields[b"to"] == b"open"
     assert RedisStore(client, namespace="fs").snapshot(PROV, POLICY).state == "open"
     fb.close()
+
+
+def test_lease_holding_permit_is_recorded_synchronously(
+    client: CountingRedis, fleet_settings: FleetSettings
+) -> None:
+    """A permit admitted while its scope is suspect holds a lease: its outcome (success or
+    ignored) reaches the store before record() returns, never coalesced behind a linger."""
+    fb = FleetBreaker(
+        RedisStore(client, namespace=fleet_settings.namespace),
+        lambda _s: POLICY,  # consecutive_failures=3
+        worker_id="t3",
+        success_linger_ms=60_000,  # a coalesced success would wait a minute
+    )
+    try:
+        plain = fb.acquire([PROV])
+        assert isinstance(plain, Permit) and not plain.holds_lease
+        fb.record(plain, FAIL)  # cf 1: suspect, 2 calls may be in flight
+        held = [fb.acquire([PROV]) for _ in range(2)]
+        assert all(isinstance(p, Permit) and p.decision == "allow" and p.holds_lease for p in held)
+        full = fb.acquire([PROV])
+        assert isinstance(full, Rejection) and full.reason == "suspect_full"
+        assert 0 < full.retry_after_s <= 0.25
+        first, second = (p for p in held if isinstance(p, Permit))
+        fb.record(first, Outcome(OutcomeClass.IGNORED, latency_ms=1.0))
+        assert fb.snapshot(PROV).suspect_in_flight == 1  # freed at once, not counted
+        fb.record(second, OK)
+        assert fb.pending_records == 0
+        snap = fb.snapshot(PROV)
+        assert (snap.consecutive_failures, snap.suspect_in_flight, snap.calls) == (0, 0, 2)
+        after = fb.acquire([PROV])
+        assert isinstance(after, Permit) and not after.holds_lease
+    finally:
+        fb.close()

@@ -129,6 +129,38 @@ def test_distinct_grant_sets_stay_apart(breaker: FleetBreaker) -> None:
     assert breaker.snapshot(PROV).calls == 3 and breaker.snapshot(MODEL).calls == 6
 
 
+def test_successes_admitted_before_and_after_a_failure_are_not_merged(
+    client: EvalCounter, fleet_settings: FleetSettings
+) -> None:
+    """The grant's fail_seq is part of the coalescing key: a batch admitted before a failure
+    stays stale (keeps the consecutive counter), one admitted after it resets the counter."""
+    policy = POLICY.merged({"suspect_cap": False})  # lease-free permits after the failure too
+    fb = FleetBreaker(
+        RedisStore(client, namespace=fleet_settings.namespace),
+        lambda s: policy,
+        worker_id="c2",
+        success_linger_ms=HELD_MS,
+    )
+    try:
+        early = [_allow(fb, [MODEL]) for _ in range(3)]
+        fb.record(early[0], FAIL)  # cf 1
+        fb.record(early[1], OK)
+        assert fb.flush(timeout_s=30)
+        assert fb.snapshot(MODEL).consecutive_failures == 1  # stale: counted, cf kept
+        fb.record(early[2], OK)  # stale again
+        late = _allow(fb, [MODEL])
+        assert late.grants[0].fail_seq == early[2].grants[0].fail_seq + 1
+        fb.record(late, OK)
+        assert fb.pending_records == 2
+        before = client.scripts_sent[0]
+        assert fb.flush(timeout_s=30)
+        assert client.scripts_sent[0] - before == 2  # two grant sets: never merged
+        snap = fb.snapshot(MODEL)
+        assert (snap.calls, snap.failures, snap.consecutive_failures) == (4, 1, 0)
+    finally:
+        fb.close()
+
+
 def test_failure_is_not_overtaken_by_pending_successes(
     breaker: FleetBreaker, seen: Transitions
 ) -> None:

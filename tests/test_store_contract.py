@@ -747,3 +747,280 @@ def test_store_package_exports() -> None:
         ]
     )
     assert all(hasattr(pkg, name) for name in pkg.__all__)
+
+
+# -- suspect cap: a closed scope with failures in a row admits only what can still trip it --
+
+
+def _suspect_grant(h: Harness, p: BreakerPolicy, scope: Scope = MODEL) -> ScopeGrant:
+    res, _ = h.store.acquire([(scope, p)])
+    assert res.allowed, res
+    (grant,) = res.grants
+    assert grant.lease_token is not None and grant.probe_token is None
+    return grant
+
+
+def _suspect_full(h: Harness, p: BreakerPolicy, scope: Scope = MODEL) -> AcquireResult:
+    res, trs = h.store.acquire([(scope, p)])
+    assert (res.allowed, res.rejected_scope, res.reason, res.grants, trs) == (
+        False,
+        scope,
+        "suspect_full",
+        (),
+        [],
+    )
+    assert 1 <= res.retry_after_ms <= 250
+    return res
+
+
+def test_suspect_cap_is_the_failures_still_needed_to_trip(h: Harness) -> None:
+    p = pol(consecutive_failures=4, minimum_calls=100)
+    # no failure yet: unlimited, and no lease is taken
+    free = [h.store.acquire([(MODEL, p)])[0] for _ in range(6)]
+    assert all(r.allowed and r.grants[0].lease_token is None for r in free)
+    assert h.call(FAIL, p)[1] == []  # cf = 1: 3 more failures would trip
+    leases = [_suspect_grant(h, p) for _ in range(3)]
+    assert len({g.lease_token for g in leases}) == 3
+    _suspect_full(h, p)
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.suspect_in_flight, snap.probes_in_flight, snap.state) == (3, 0, "closed")
+    # each failure lowers the cap by one and frees its own lease: still full
+    assert h.store.record([(leases[0], p)], FAIL, jitter=0) == []  # cf 2, cap 2, held 2
+    _suspect_full(h, p)
+    assert h.store.record([(leases[1], p)], FAIL, jitter=0) == []  # cf 3, cap 1, held 1
+    _suspect_full(h, p)
+    (tr,) = h.store.record([(leases[2], p)], FAIL, jitter=0)  # cf 4: trips
+    assert (tr.trigger, tr.threshold, tr.value) == ("consecutive", 4.0, 4.0)
+    assert h.store.snapshot(MODEL, p).suspect_in_flight == 0
+
+
+def test_cap_never_falls_below_one(h: Harness) -> None:
+    p = pol(consecutive_failures=2, minimum_calls=100, open_base_ms=100, half_open_successes=1)
+    old = h.store.acquire([(MODEL, p)])[0].grants[0]  # a call from before the outage
+    trip(h, p)
+    h.elapse(100)
+    probe = h.store.acquire([(MODEL, p)])[0].grants[0]
+    assert [t.to_state for t in h.store.record([(probe, p)], OK, jitter=0)] == ["closed"]
+    # failures of an older generation count in cf but never trip: cf reaches the threshold
+    for _ in range(2):
+        assert h.store.record([(old, p)], FAIL, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.consecutive_failures) == ("closed", 2)
+    lease = _suspect_grant(h, p)  # cap max(1, 2 - 2) = 1, not 0
+    _suspect_full(h, p)
+    (tr,) = h.store.record([(lease, p)], FAIL, jitter=0)
+    assert (tr.trigger, tr.value) == ("consecutive", 3.0)
+
+
+def test_success_ends_suspicion_and_drops_every_lease(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100)
+    assert h.call(FAIL, p)[1] == []
+    # admitted after the failure without a lease (the cap is off for this acquire only), so
+    # its success is not stale (a success admitted before the failure keeps cf: see below)
+    uncapped = pol(consecutive_failures=3, minimum_calls=100, suspect_cap=False)
+    before = h.store.acquire([(MODEL, uncapped)])[0].grants[0]
+    assert before.lease_token is None
+    held = [_suspect_grant(h, p), _suspect_grant(h, p)]
+    _suspect_full(h, p)
+    # a success of a lease-free call resets cf: every suspect lease goes
+    assert h.store.record([(before, p)], OK, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.suspect_in_flight) == (0, 0)
+    again = [h.store.acquire([(MODEL, p)])[0] for _ in range(5)]
+    assert all(r.allowed and r.grants[0].lease_token is None for r in again)
+    # a dropped lease recorded later counts as usual and frees nothing it should not
+    assert h.store.record([(held[0], p)], FAIL, jitter=0) == []
+    assert h.store.snapshot(MODEL, p).consecutive_failures == 1
+    assert _suspect_grant(h, p).lease_token not in {g.lease_token for g in held}
+
+
+def test_success_with_a_lease_ends_suspicion(h: Harness) -> None:
+    p = pol(consecutive_failures=2, minimum_calls=100)
+    assert h.call(FAIL, p)[1] == []
+    lease = _suspect_grant(h, p)
+    _suspect_full(h, p)
+    assert h.store.record([(lease, p)], OK, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.consecutive_failures, snap.suspect_in_flight) == ("closed", 0, 0)
+    assert h.store.acquire([(MODEL, p)])[0].grants[0].lease_token is None
+
+
+def test_aggregated_success_ends_suspicion(h: Harness) -> None:
+    p = pol(consecutive_failures=2, minimum_calls=100)
+    assert h.call(FAIL, p)[1] == []
+    # lease-free and admitted after the failure (cap off for this acquire): not stale
+    uncapped = pol(consecutive_failures=2, minimum_calls=100, suspect_cap=False)
+    plain = h.store.acquire([(MODEL, uncapped)])[0].grants[0]
+    _suspect_grant(h, p)
+    assert h.store.record([(plain, p)], OK, jitter=0, count=3, slow=(0,)) == []
+    assert h.store.snapshot(MODEL, p).suspect_in_flight == 0
+    assert h.store.acquire([(MODEL, p)])[0].allowed
+
+
+def test_trip_clears_suspect_leases(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100, open_base_ms=100)
+    early = [h.store.acquire([(MODEL, p)])[0].grants[0] for _ in range(2)]
+    assert h.store.record([(early[0], p)], FAIL, jitter=0) == []  # cf 1, cap 2
+    first, second = _suspect_grant(h, p), _suspect_grant(h, p)
+    assert h.store.record([(early[1], p)], FAIL, jitter=0) == []  # cf 2, cap 1
+    (tr,) = h.store.record([(first, p)], FAIL, jitter=0)  # cf 3: trip
+    assert tr.to_state == "open"
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.state, snap.suspect_in_flight) == ("open", 0)
+    # the next closed period starts with no lease of the old one counted
+    h.store.control(MODEL, p, "reset")
+    assert h.call(FAIL, p)[1] == []  # cf 1, cap 2: two fresh leases
+    _suspect_grant(h, p)
+    _suspect_grant(h, p)
+    _suspect_full(h, p)
+    assert h.store.record([(second, p)], IGNORED, jitter=0) == []  # stale token: no effect
+    assert h.store.snapshot(MODEL, p).suspect_in_flight == 2
+
+
+def test_control_drops_suspect_leases(h: Harness) -> None:
+    p = pol(consecutive_failures=2, minimum_calls=100)
+    assert h.call(FAIL, p)[1] == []
+    _suspect_grant(h, p)
+    h.store.control(MODEL, p, "force_closed")
+    assert h.store.snapshot(MODEL, p).suspect_in_flight == 0
+    assert all(h.store.acquire([(MODEL, p)])[0].allowed for _ in range(3))
+
+
+def test_suspect_lease_expiry_frees_a_slot(h: Harness) -> None:
+    p = pol(consecutive_failures=2, minimum_calls=100, probe_lease_ms=300)
+    assert h.call(FAIL, p)[1] == []  # cap 1
+    _suspect_grant(h, p)  # its holder dies: never recorded
+    _suspect_full(h, p)
+    h.elapse(300)
+    assert h.store.snapshot(MODEL, p).suspect_in_flight == 0
+    _suspect_grant(h, p)
+    assert h.store.snapshot(MODEL, p).suspect_in_flight == 1  # the expired one was reclaimed
+    _suspect_full(h, p)
+
+
+def test_ignored_frees_a_suspect_lease_without_counting(h: Harness) -> None:
+    p = pol(consecutive_failures=2, minimum_calls=100)
+    assert h.call(FAIL, p)[1] == []
+    lease = _suspect_grant(h, p)
+    _suspect_full(h, p)
+    assert h.store.record([(lease, p)], IGNORED, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.calls, snap.consecutive_failures, snap.suspect_in_flight) == (1, 1, 0)
+    _suspect_grant(h, p)
+
+
+def test_multi_scope_reject_takes_no_suspect_lease(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100)
+    assert h.call(FAIL, p, (MODEL,))[1] == []  # MODEL suspect, cap 2
+    trip(h, pol(consecutive_failures=1, open_base_ms=60_000, open_cap_ms=60_000), PROVIDER)
+    res, trs = h.store.acquire([(MODEL, p), (PROVIDER, p)])
+    assert (res.allowed, res.rejected_scope, res.reason, trs) == (False, PROVIDER, "open", [])
+    assert h.store.snapshot(MODEL, p).suspect_in_flight == 0
+    # a suspect_full scope blocks the call: the other suspect scope takes nothing either
+    twin_policy = pol(consecutive_failures=2, minimum_calls=100)
+    assert h.call(FAIL, twin_policy, (TWIN,))[1] == []  # TWIN cap 1
+    _suspect_grant(h, twin_policy, TWIN)
+    res, _ = h.store.acquire([(MODEL, p), (TWIN, twin_policy)])
+    assert (res.allowed, res.rejected_scope, res.reason) == (False, TWIN, "suspect_full")
+    assert h.store.snapshot(MODEL, p).suspect_in_flight == 0
+    # both suspect and both with room: a lease on each
+    res, _ = h.store.acquire([(MODEL, p), (Scope("sambanova", "other"), p)])
+    assert res.allowed
+    assert [g.lease_token is not None for g in res.grants] == [True, False]
+
+
+def test_suspect_cap_off_admits_freely(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100, suspect_cap=False)
+    assert h.call(FAIL, p)[1] == []
+    assert h.call(FAIL, p)[1] == []
+    grants = [h.store.acquire([(MODEL, p)])[0] for _ in range(10)]
+    assert all(r.allowed and r.grants[0].lease_token is None for r in grants)
+    assert h.store.snapshot(MODEL, p).suspect_in_flight == 0
+    (tr,) = h.store.record([(grants[0].grants[0], p)], FAIL, jitter=0)
+    assert tr.trigger == "consecutive"
+
+
+# -- stale successes: a success admitted before a counted failure does not reset cf --------
+
+
+def test_stale_successes_do_not_delay_the_consecutive_trip(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100)
+    early = [h.store.acquire([(MODEL, p)])[0].grants[0] for _ in range(4)]
+    assert {g.fail_seq for g in early} == {0}
+    assert h.store.record([(early[0], p)], FAIL, jitter=0) == []  # cf 1, fs 1
+    # a success admitted before that failure arrives late: counted, but cf stays
+    assert h.store.record([(early[1], p)], OK, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.fail_seq, snap.calls, snap.failures) == (1, 1, 2, 1)
+    lease = _suspect_grant(h, p)
+    assert lease.fail_seq == 1
+    assert h.store.record([(early[2], p)], FAIL, jitter=0) == []  # cf 2, fs 2
+    assert h.store.record([(early[3], p)], SLOW_OK, jitter=0) == []  # stale again
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.calls, snap.slow_calls) == (2, 4, 1)
+    assert snap.suspect_in_flight == 1  # the stale success dropped no lease
+    (tr,) = h.store.record([(lease, p)], FAIL, jitter=0)  # cf 3: trips at the threshold
+    assert (tr.trigger, tr.threshold, tr.value) == ("consecutive", 3.0, 3.0)
+
+
+def test_stale_success_frees_only_its_own_lease(h: Harness) -> None:
+    p = pol(consecutive_failures=4, minimum_calls=100)
+    assert h.call(FAIL, p)[1] == []  # cf 1, fs 1, cap 3
+    mine, other = _suspect_grant(h, p), _suspect_grant(h, p)
+    assert mine.fail_seq == other.fail_seq == 1
+    third = _suspect_grant(h, p)
+    assert h.store.record([(third, p)], FAIL, jitter=0) == []  # cf 2, fs 2, cap 2, held 2
+    _suspect_full(h, p)
+    assert h.store.record([(mine, p)], OK, jitter=0) == []  # stale: frees its own lease only
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.fail_seq, snap.suspect_in_flight) == (2, 2, 1)
+    fresh = _suspect_grant(h, p)  # cap 2, held 1: one slot again
+    assert fresh.fail_seq == 2
+    _suspect_full(h, p)
+    # a success admitted after the latest failure resets cf and drops every lease
+    assert h.store.record([(fresh, p)], OK, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.fail_seq, snap.suspect_in_flight) == (0, 2, 0)
+    assert snap.calls == 4
+    assert h.store.acquire([(MODEL, p)])[0].grants[0].lease_token is None
+    # other's record (a failure) still counts, against the fresh counter
+    assert h.store.record([(other, p)], FAIL, jitter=0) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.consecutive_failures, snap.fail_seq) == (1, 3)
+
+
+def test_stale_aggregate_counts_in_window_but_keeps_cf(h: Harness) -> None:
+    p = pol(consecutive_failures=3, minimum_calls=100, slow_call_ms=50)
+    early = [h.store.acquire([(MODEL, p)])[0].grants[0] for _ in range(2)]
+    assert h.store.record([(early[0], p)], FAIL, jitter=0) == []  # cf 1, fs 1
+    lease = _suspect_grant(h, p)
+    # a coalesced batch of successes admitted before the failure
+    assert h.store.record([(early[1], p)], OK, jitter=0, count=5, slow=(2,)) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.calls, snap.failures, snap.slow_calls) == (6, 1, 2)
+    assert (snap.consecutive_failures, snap.suspect_in_flight) == (1, 1)
+    # a batch admitted after it resets cf and drops the leases
+    uncapped = pol(consecutive_failures=3, minimum_calls=100, slow_call_ms=50, suspect_cap=False)
+    late = h.store.acquire([(MODEL, uncapped)])[0].grants[0]
+    assert (late.fail_seq, late.lease_token) == (1, None)
+    assert h.store.record([(late, p)], OK, jitter=0, count=3, slow=(0,)) == []
+    snap = h.store.snapshot(MODEL, p)
+    assert (snap.calls, snap.consecutive_failures, snap.suspect_in_flight) == (9, 0, 0)
+    assert h.store.record([(lease, p)], FAIL, jitter=0) == []  # cf 1 again, no trip
+    assert h.store.snapshot(MODEL, p).consecutive_failures == 1
+
+
+def test_fail_seq_is_in_every_grant_and_survives_transitions(h: Harness) -> None:
+    p = pol(consecutive_failures=2, minimum_calls=100, open_base_ms=100, half_open_successes=1)
+    assert h.store.acquire([(MODEL, p)])[0].grants[0].fail_seq == 0
+    trip(h, p)
+    fs = h.store.snapshot(MODEL, p).fail_seq
+    assert fs >= 2
+    h.elapse(100)
+    probe = h.store.acquire([(MODEL, p)])[0].grants[0]
+    assert (probe.probe_token is not None, probe.fail_seq) == (True, fs)
+    assert [t.to_state for t in h.store.record([(probe, p)], OK, jitter=0)] == ["closed"]
+    # fast path (closed, cf 0) answers fs too, and a changed fs changes the grant
+    assert h.store.acquire([(MODEL, p)])[0].grants[0].fail_seq == fs
+    assert h.call(FAIL, p)[1] == []
+    assert h.store.acquire([(MODEL, p)])[0].grants[0].fail_seq == fs + 1

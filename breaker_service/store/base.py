@@ -42,6 +42,28 @@ Semantic decisions common to both stores:
 - **Probe leases** expire after ``probe_lease_ms``; at most ``half_open_max_probes`` live
   leases exist per scope (expired ones are reclaimed on the next acquire). A probe success
   from an expired lease still counts if the generation is current.
+- **Suspect cap** (``policy.suspect_cap``, default on): a closed scope whose
+  consecutive-failure counter ``cf`` is >= 1 is *suspect*. While suspect, acquire admits a
+  call only while the scope's live *suspect leases* are fewer than
+  ``max(1, consecutive_failures - cf)`` (the failures still needed to trip); each admitted call
+  takes one (``ScopeGrant.lease_token``, expiry ``now + probe_lease_ms``). Otherwise it rejects
+  with reason ``suspect_full`` and ``retry_after_ms = clamp(earliest lease expiry - now, 1,
+  250)``. A record carrying the token frees that lease (any outcome, IGNORED too, any
+  generation); a SUCCESS that resets ``cf`` (see stale successes below) and every
+  transition drop all suspect leases; expired leases are reclaimed on access. So a dying
+  provider receives at most the calls already in flight when the first failure landed plus
+  the failures still needed to trip, instead of everything the fleet sends until the trip.
+  Calls admitted while ``cf`` is 0 hold no lease and are never limited.
+  ``suspect_cap=False`` turns the cap off.
+- **Stale successes**: each scope counts its failures in ``fs`` (the failure sequence number:
+  +1 whenever a failure raises the consecutive counter ``cf``; it never goes down while the
+  scope's state exists), and every grant carries ``fs`` as of its admission
+  (``ScopeGrant.fail_seq``). A SUCCESS whose ``fail_seq`` is lower than the scope's ``fs`` was
+  admitted before a failure that is already counted: it still counts in the window (calls,
+  slow calls, slow-call trips) and frees its own suspect lease, but it does not reset ``cf``
+  and does not drop the other suspect leases. Successes that arrive late (coalesced, from
+  other processes) therefore cannot delay a consecutive trip or reopen a suspect scope.
+  A SUCCESS with ``fail_seq >= fs`` resets ``cf`` as before. Probes are unchanged.
 """
 
 from __future__ import annotations
@@ -76,11 +98,20 @@ Trigger = Literal[
 ControlAction = Literal["force_open", "force_closed", "disable", "reset"]
 """Operator actions accepted by :meth:`BreakerStore.control`."""
 
-RejectReason = Literal["open", "half_open_full", "forced_open", "credential"]
+RejectReason = Literal["open", "half_open_full", "forced_open", "credential", "suspect_full"]
 """Why :meth:`BreakerStore.acquire` rejected a call."""
 
 FORCED_OPEN_RETRY_AFTER_MS = 60_000
 """``retry_after_ms`` reported for a forced_open or credential-open scope (no end known)."""
+
+SUSPECT_RETRY_CAP_MS = 250
+"""Longest ``retry_after_ms`` of a ``suspect_full`` rejection (a lease usually ends sooner)."""
+
+
+def suspect_slots(policy: BreakerPolicy, consecutive: int) -> int:
+    """Suspect leases a closed scope with ``consecutive`` (>= 1) failures in a row may hold at
+    once: the failures still needed to trip, at least 1."""
+    return max(1, policy.consecutive_failures - consecutive)
 
 
 def clamp_jitter(jitter: float) -> float:
@@ -146,11 +177,17 @@ class ScopeGrant:
     """Permission to call, for one scope: give it back to :meth:`BreakerStore.record`.
 
     ``probe_token`` is set only when the scope is half_open and this call holds a probe lease.
+    ``lease_token`` is set only when the scope was closed but suspect (see the module
+    docstring) and this call holds a suspect lease: record it promptly, it blocks admissions.
+    ``fail_seq`` is the scope's failure sequence number ``fs`` at admission: a SUCCESS recorded
+    with an older one does not reset the consecutive counter (module docstring, stale successes).
     """
 
     scope: Scope
     generation: int
     probe_token: str | None = None
+    lease_token: str | None = None
+    fail_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,8 +196,8 @@ class AcquireResult:
 
     When ``allowed``, ``grants`` has one grant per requested scope, in order. When not,
     ``grants`` is empty, ``rejected_scope`` names the first scope that said no, ``reason`` why
-    (``open``, ``half_open_full``, ``forced_open``, ``credential``) and ``retry_after_ms`` when
-    to come back.
+    (``open``, ``half_open_full``, ``forced_open``, ``credential``, ``suspect_full``) and
+    ``retry_after_ms`` when to come back.
     """
 
     allowed: bool
@@ -208,7 +245,10 @@ class RecordItem:
 
 @dataclass(frozen=True)
 class ScopeSnapshot:
-    """A read-only view of one scope (for the CLI and operators); window values are live."""
+    """A read-only view of one scope (for the CLI and operators); window values are live.
+
+    ``suspect_in_flight`` counts the live suspect leases, ``fail_seq`` is the failure sequence
+    number ``fs`` (see the module docstring)."""
 
     scope: Scope
     state: State
@@ -224,6 +264,8 @@ class ScopeSnapshot:
     probes_in_flight: int
     probe_successes: int
     now_ms: int
+    suspect_in_flight: int = 0
+    fail_seq: int = 0
 
 
 class BreakerStore(ABC):
@@ -235,8 +277,8 @@ class BreakerStore(ABC):
     ) -> tuple[AcquireResult, list[Transition]]:
         """Ask every scope for permission to call, all in one atomic step.
 
-        If any scope rejects, nothing is taken on the others (no probe lease). An open scope
-        whose open period has elapsed moves to half_open here; that Transition (trigger
+        If any scope rejects, nothing is taken on the others (no probe or suspect lease). An
+        open scope whose open period has elapsed moves to half_open here; that Transition (trigger
         ``open_elapsed``) is returned to exactly this caller.
         """
 

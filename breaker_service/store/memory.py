@@ -20,6 +20,7 @@ from breaker_service.scope import Scope
 from breaker_service.store._window import SlidingWindow
 from breaker_service.store.base import (
     FORCED_OPEN_RETRY_AFTER_MS,
+    SUSPECT_RETRY_CAP_MS,
     AcquireResult,
     BreakerStore,
     ControlAction,
@@ -31,6 +32,7 @@ from breaker_service.store.base import (
     aggregate_trip_point,
     check_aggregate,
     clamp_jitter,
+    suspect_slots,
 )
 
 _CONTROL_TARGET: dict[str, State] = {
@@ -57,13 +59,17 @@ class _Scope:
     open_period_ms: int = 0
     trips: int = 0
     consecutive: int = 0
+    fail_seq: int = 0  # fs: +1 per failure that raised `consecutive`; never goes down
     probe_successes: int = 0
     leases: dict[str, int] = field(default_factory=dict)
+    suspect: dict[str, int] = field(default_factory=dict)  # suspect leases: token -> expiry
 
     def reclaim(self, now_ms: int) -> None:
-        """Forget probe leases that expired (their holder died or hung)."""
+        """Forget probe and suspect leases that expired (their holder died or hung)."""
         if self.leases:
             self.leases = {tok: exp for tok, exp in self.leases.items() if exp > now_ms}
+        if self.suspect:
+            self.suspect = {tok: exp for tok, exp in self.suspect.items() if exp > now_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,7 @@ class _Decision:
     retry_after_ms: int = 0
     elapsed: bool = False  # open period over: move to half_open on the way
     probe: bool = False  # take a probe lease
+    suspect: bool = False  # take a suspect lease
 
 
 class MemoryStore(BreakerStore):
@@ -106,6 +113,8 @@ class MemoryStore(BreakerStore):
 
     @staticmethod
     def _decide(st: _Scope | None, policy: BreakerPolicy, now: int) -> _Decision:
+        if st is not None and st.state == "closed" and st.consecutive and policy.suspect_cap:
+            return MemoryStore._decide_suspect(st, policy, now)
         if st is None or st.state in ("closed", "forced_closed", "disabled"):
             return _Decision(True)
         if st.state == "forced_open":
@@ -116,6 +125,14 @@ class MemoryStore(BreakerStore):
         if len(live) >= policy.half_open_max_probes:
             return _Decision(False, "half_open_full", max(1, min(live) - now))
         return _Decision(True, probe=True)
+
+    @staticmethod
+    def _decide_suspect(st: _Scope, policy: BreakerPolicy, now: int) -> _Decision:
+        live = [exp for exp in st.suspect.values() if exp > now]
+        if len(live) >= suspect_slots(policy, st.consecutive):
+            retry = min(min(live) - now, SUSPECT_RETRY_CAP_MS)
+            return _Decision(False, "suspect_full", max(1, retry))
+        return _Decision(True, suspect=True)
 
     @staticmethod
     def _decide_open(st: _Scope, now: int) -> _Decision:
@@ -134,6 +151,7 @@ class MemoryStore(BreakerStore):
         st.state = to
         st.generation += 1
         st.leases = {}
+        st.suspect = {}
         st.probe_successes = 0
         if to != "open":
             st.open_until_ms = None
@@ -199,17 +217,27 @@ class MemoryStore(BreakerStore):
         st = self._get(grant.scope, policy, now)
         if grant.probe_token is not None:
             st.leases.pop(grant.probe_token, None)
+        if grant.lease_token is not None:
+            st.suspect.pop(grant.lease_token, None)
         if outcome.cls == OutcomeClass.IGNORED:
             return None
+        # a success admitted before the latest counted failure is stale: it keeps cf and leases
+        fresh = outcome.cls is OutcomeClass.SUCCESS and grant.fail_seq >= st.fail_seq
+        if fresh:
+            st.suspect = {}  # the consecutive counter resets: the scope is no longer suspect
         if count > 1:
             return self._record_successes(
                 grant, st, policy=policy, count=count, slow=slow, outcome=outcome, jitter=jitter,
-                now=now,
+                now=now, fresh=fresh,
             )  # fmt: skip
         failed = outcome.cls.counts_as_failure
         is_slow = outcome.latency_ms > policy.slow_call_ms if slow is None else slow > 0
         st.window.add(now, failed=failed, slow=is_slow)
-        st.consecutive = st.consecutive + 1 if failed else 0
+        if failed:
+            st.consecutive += 1
+            st.fail_seq += 1
+        elif fresh:
+            st.consecutive = 0
         if grant.generation != st.generation:
             return None
         rule: tuple[Trigger, float, float] | None = None
@@ -243,11 +271,13 @@ class MemoryStore(BreakerStore):
         outcome: Outcome,
         jitter: float,
         now: int,
+        fresh: bool,
     ) -> Transition | None:
         """``count`` non-probe successes at once, exactly as many single records would do."""
         if slow is None:
             slow = count if outcome.latency_ms > policy.slow_call_ms else 0
-        st.consecutive = 0
+        if fresh:
+            st.consecutive = 0
         w = st.window
         w.advance(now)
         point = None
@@ -307,9 +337,21 @@ class MemoryStore(BreakerStore):
             grants: list[ScopeGrant] = []
             transitions: list[Transition] = []
             for (scope, policy), d in zip(scopes, decisions, strict=True):
+                if d.suspect:
+                    st = self._scopes[scope]
+                    st.reclaim(now)
+                    token = f"{next(self._tokens)}"
+                    st.suspect[token] = now + policy.probe_lease_ms
+                    grants.append(ScopeGrant(scope, st.generation, None, token, st.fail_seq))
+                    continue
                 if not d.probe:
-                    gen = self._scopes[scope].generation if scope in self._scopes else 0
-                    grants.append(ScopeGrant(scope, gen, None))
+                    known = self._scopes.get(scope)
+                    if known is None:
+                        grants.append(ScopeGrant(scope, 0))
+                    else:
+                        grants.append(
+                            ScopeGrant(scope, known.generation, None, None, known.fail_seq)
+                        )
                     continue
                 st = self._get(scope, policy, now)
                 if d.elapsed:
@@ -326,7 +368,7 @@ class MemoryStore(BreakerStore):
                 st.reclaim(now)
                 token = f"{next(self._tokens)}"
                 st.leases[token] = now + policy.probe_lease_ms
-                grants.append(ScopeGrant(scope, st.generation, token))
+                grants.append(ScopeGrant(scope, st.generation, token, None, st.fail_seq))
             return AcquireResult(True, tuple(grants)), transitions
 
     def record(
@@ -390,6 +432,8 @@ class MemoryStore(BreakerStore):
                 probes_in_flight=sum(1 for exp in st.leases.values() if exp > now),
                 probe_successes=st.probe_successes,
                 now_ms=now,
+                suspect_in_flight=sum(1 for exp in st.suspect.values() if exp > now),
+                fail_seq=st.fail_seq,
             )
 
     def scopes(self) -> list[Scope]:

@@ -9,14 +9,18 @@ provider is the Cluster hash tag, so one call's keys share a slot. Fields:
 ``tr``                   trips since the last close (drives the backoff)
 ``ln``                   last Redis time seen: time never goes back for this scope
 ``cf``                   consecutive failures
+``fs``                   failure sequence number: +1 per failure that raised ``cf``, never
+                         lowered; grants carry it (a success admitted before it is stale)
 ``ps`` ``ls`` ``tk``     half-open probe successes, live leases ``tok:expiry,...`` (at most
                          ``half_open_max_probes``; expired ones dropped on access), token counter
+``sl``                   suspect leases ``tok:expiry,...`` (closed with ``cf`` >= 1; fewer than
+                         ``consecutive_failures``; emptied by a success or a transition)
 ``wb`` ``wn`` ``hd``     window bucket length, bucket count, index of the newest bucket
 ``C`` ``F`` ``S``        running totals of calls, failures and slow calls in the window
 ``b<i>c/f/s``            the ring: calls, failures, slow calls of bucket ``i``
 =======================  ===============================================================
 
-The field count is bounded by ``17 + 3 * buckets`` whatever the call rate. Each of
+The field count is bounded by ``19 + 3 * buckets`` whatever the call rate. Each of
 :meth:`~RedisStore.acquire`, :meth:`~RedisStore.record`, :meth:`~RedisStore.control` is one
 script call (one round trip); writes PEXPIRE the key with ``policy.ttl_ms()``, except in the
 sticky states (forced_open, forced_closed, disabled, credential-open), which are PERSISTed so
@@ -58,7 +62,7 @@ from breaker_service.store.base import (
 log = logging.getLogger(__name__)
 
 _CONTROL_ACTIONS = ("force_open", "force_closed", "disable", "reset")
-_POLICY_STRUCT = struct.Struct(">15d")  # the scripts' POLICY format: keep them in step
+_POLICY_STRUCT = struct.Struct(">16d")  # the scripts' POLICY format: keep them in step
 
 
 def _lua(name: str) -> str:
@@ -71,7 +75,8 @@ def _text(value: Any) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def policy_arg(policy: BreakerPolicy) -> bytes:
-    """The policy as the scripts read it: 15 big-endian doubles (order in acquire.lua).
+    """The policy as the scripts read it: 16 big-endian doubles (order in acquire.lua; the
+    last is ``suspect_cap`` as 1.0 or 0.0).
 
     Cached per policy (policies are frozen): a call passes one argument per scope. Lua's
     ``struct.unpack`` reads it about 10x faster than ``cjson.decode`` reads the same numbers
@@ -93,6 +98,7 @@ def policy_arg(policy: BreakerPolicy) -> bytes:
         policy.open_cap_ms,
         policy.jitter_ratio,
         policy.ttl_ms(),
+        1.0 if policy.suspect_cap else 0.0,
     ]
     return _POLICY_STRUCT.pack(*numbers)
 
@@ -118,6 +124,7 @@ def _snapshot_from_hash(scope: Scope, f: dict[str, str], clock_ms: int) -> Scope
     now = max(clock_ms, int(f.get("ln", 0)))
     calls, fails, slow = _live_totals(f, now)
     leases = [p.split(":") for p in f.get("ls", "").split(",") if ":" in p]
+    suspect = [p.split(":") for p in f.get("sl", "").split(",") if ":" in p]
     return ScopeSnapshot(
         scope=scope,
         state=cast(State, f.get("st", "closed")),
@@ -133,6 +140,8 @@ def _snapshot_from_hash(scope: Scope, f: dict[str, str], clock_ms: int) -> Scope
         probes_in_flight=sum(1 for _, exp in leases if int(exp) > now),
         probe_successes=int(f.get("ps", 0)),
         now_ms=now,
+        suspect_in_flight=sum(1 for _, exp in suspect if int(exp) > now),
+        fail_seq=int(f.get("fs", 0)),
     )
 
 
@@ -321,10 +330,12 @@ class RedisStore(BreakerStore):
         _, grants_text, transitions_text = parts
         granted = []
         for scope, item in zip(names, grants_text.split(";"), strict=True):
-            gen, _, token = item.partition(",")
-            granted.append(ScopeGrant(scope, int(gen), token or None))
+            gen, token, lease, fs = item.split(",")
+            granted.append(ScopeGrant(scope, int(gen), token or None, lease or None, int(fs)))
         result = AcquireResult(True, tuple(granted))
-        if not transitions_text and all(g.probe_token is None for g in granted):
+        if not transitions_text and all(
+            g.probe_token is None and g.lease_token is None for g in granted
+        ):
             call.last = (reply, result)
         return result, self._transitions(transitions_text, names)
 
@@ -350,6 +361,8 @@ class RedisStore(BreakerStore):
                 grant.probe_token or "",
                 policy_arg(policy),
                 "-1" if slow is None else str(slow[i]),
+                grant.lease_token or "",
+                str(grant.fail_seq),
             ]
         return [self.key(g.scope) for g, _ in grants], argv
 

@@ -2,18 +2,18 @@
 
 KEYS[1]   the hash of the scope
 ARGV[1]   action: force_open | force_closed | disable | reset
-ARGV[2]   the scope's policy: 15 big-endian doubles (struct '>15d'), in the order of acquire.lua
+ARGV[2]   the scope's policy: 16 big-endian doubles (struct '>16d'), in the order of acquire.lua
 Time      redis TIME (milliseconds), made monotonic by the stored field ln.
 Returns   the transition as one string "1,<from>,<to>,manual,0,0,<generation>,-1,<at_ms>"
 
 force_open -> forced_open (rejects until changed; never expires), force_closed -> forced_closed
 (allows, never trips, metrics kept), disable -> disabled (metrics only), reset -> closed with a
 fresh window, trips 0 and consecutive 0. Every action bumps the generation and drops the probe
-leases, so in-flight calls can no longer move the state. reset is followed by PEXPIRE
+and suspect leases, so in-flight calls can no longer move the state. reset is followed by PEXPIRE
 ttl_ms; the other actions PERSIST the key (a forced state must not expire).
 ]]
 
-local POLICY = '>ddddddddddddddd'  -- 15 big-endian doubles (redis.py _POLICY_STRUCT)
+local POLICY = '>dddddddddddddddd'  -- 16 big-endian doubles (redis.py _POLICY_STRUCT)
 local key, action = KEYS[1], ARGV[1]
 local targets = {force_open = 'forced_open', force_closed = 'forced_closed',
                  disable = 'disabled', reset = 'closed'}
@@ -42,7 +42,7 @@ if action == 'reset' then
   redis.call('HSET', key, 'tr', 0, 'cf', 0, 'C', 0, 'F', 0, 'S', 0, 'wb', bucket_ms, 'wn', n,
              'hd', math.floor(now / bucket_ms))
 end
-redis.call('HSET', key, 'st', to, 'g', g, 'ps', 0, 'ls', '', 'ln', now)
+redis.call('HSET', key, 'st', to, 'g', g, 'ps', 0, 'ls', '', 'sl', '', 'ln', now)
 redis.call('HDEL', key, 'ou')
 if to == 'closed' then
   redis.call('PEXPIRE', key, ttl)

@@ -7,10 +7,12 @@ ARGV[3]   latency_ms of the call (a call slower than slow_call_ms is slow)
 ARGV[4]   retry_after_ms from the provider (0 = none); a rate_limited trip opens at least this long
 ARGV[5]   count: how many calls this record stands for (> 1 only for aggregated non-probe
           successes, validated by the caller)
-ARGV      then 4 values per scope i, at ARGV[5 + (i-1)*4 + 1 .. 5 + (i-1)*4 + 4]:
+ARGV      then 6 values per scope i, at ARGV[5 + (i-1)*6 + 1 .. 5 + (i-1)*6 + 6]:
             1 generation of the grant  2 probe token ("" = not a probe)
-            3 the scope's policy: 15 big-endian doubles (struct '>15d'), in the order of acquire.lua
+            3 the scope's policy: 16 big-endian doubles (struct '>16d'), in the order of acquire.lua
             4 how many of the calls were slow for this scope (-1 = judge ARGV[3])
+            5 suspect lease token ("" = none): freed whatever the outcome
+            6 fail_seq: the scope's failure sequence number fs when the call was admitted
 Time      redis TIME (milliseconds), made monotonic per scope by the stored field ln.
 Returns   the transitions as one string: rows joined by ";", each "<scope_index>,<from>,<to>,
           <trigger>,<threshold>,<value>,<generation>,<open_until_ms or -1>,<at_ms>"; "" for none.
@@ -19,7 +21,10 @@ The window is a ring of `buckets` buckets in the same hash (fields b<i>c, b<i>f,
 running totals C, F, S and the newest bucket index hd; expired buckets are subtracted when
 hd moves (O(1) amortised, constant memory). An outcome of an older generation only updates
 the window and the consecutive counter, never the state. ignored outcomes only free a probe
-lease. An aggregate of n successes equals n single records, fast ones first then slow ones:
+lease. A suspect lease (field sl) named by the grant is freed by any outcome; a fresh success
+(it resets cf) drops every suspect lease, and so does every transition. fs (field fs) counts
+the failures that raised cf and never goes down; a success whose grant's fail_seq < fs was
+admitted before a counted failure (stale): it counts in the window but keeps cf and sl. An aggregate of n successes equals n single records, fast ones first then slow ones:
 only the slow-call rule can fire, at exactly the call where n singles would trip, and the
 calls after that one count in the fresh window. Every write is followed by PEXPIRE ttl_ms (or longer, when an open period stretched by
 Retry-After ends later than that), except in the sticky states (forced_open,
@@ -27,8 +32,8 @@ forced_closed, disabled, and open after a credential error, with no open_until),
 not expire on their own: those keys are PERSISTed until an operator changes the state.
 ]]
 
-local NPER, HEAD = 4, 5
-local POLICY = '>ddddddddddddddd'  -- 15 big-endian doubles (redis.py _POLICY_STRUCT)
+local NPER, HEAD = 6, 5
+local POLICY = '>dddddddddddddddd'  -- 16 big-endian doubles (redis.py _POLICY_STRUCT)
 local jitter = tonumber(ARGV[1])
 local cls = ARGV[2]
 local latency = tonumber(ARGV[3])
@@ -48,7 +53,7 @@ end
 
 -- the scalar fields of a scope's hash, read in one HMGET and written back when changed
 local FIELDS = {'st', 'g', 'ou', 'oa', 'op', 'tr', 'ln', 'cf', 'ps', 'ls', 'wb', 'wn', 'hd',
-                'C', 'F', 'S'}
+                'C', 'F', 'S', 'sl', 'fs'}
 
 local function fmt(x) return string.format('%.17g', x) end
 
@@ -94,19 +99,20 @@ local function fresh_window(key, s)
   s.C, s.F, s.S = 0, 0, 0
 end
 
-local function release_lease(s, token)
-  if token == '' or not s.ls then return end
+-- the lease list `text` ("tok:expiry,...") without `token`
+local function without(text, token)
+  if token == '' or not text then return text end
   local keep = {}
-  for tok, exp in string.gmatch(s.ls, '([^,:]+):([^,]+)') do
+  for tok, exp in string.gmatch(text, '([^,:]+):([^,]+)') do
     if tok ~= token then keep[#keep + 1] = tok .. ':' .. exp end
   end
-  s.ls = table.concat(keep, ',')
+  return table.concat(keep, ',')
 end
 
 -- moves s to state `to`; returns the transition row
 local function move(i, s, to, trigger, threshold, value, now)
   local from = s.st
-  s.st, s.g, s.ls, s.ps = to, s.g + 1, '', 0
+  s.st, s.g, s.ls, s.ps, s.sl = to, s.g + 1, '', 0, ''
   if to ~= 'open' then s.ou = nil end
   return table.concat({i, from, to, trigger, fmt(threshold), fmt(value), string.format('%d', s.g),
                        string.format('%d', s.ou or -1), string.format('%d', now)}, ',')
@@ -176,11 +182,11 @@ local function trip_point(s, pol, fast, slow)
   return nil
 end
 
-local function successes(i, key, s, pol, gen, slot, nslow, now)
+local function successes(i, key, s, pol, gen, slot, nslow, now, fresh)
   if nslow < 0 then
     if latency > pol.slow_ms then nslow = count else nslow = 0 end
   end
-  s.cf = 0
+  if fresh then s.cf = 0 end
   local f, k = nil, nil
   if gen == s.g and s.st == 'closed' then f, k = trip_point(s, pol, count - nslow, nslow) end
   if f == nil then
@@ -203,17 +209,23 @@ for i = 1, #KEYS do
              cf = tonumber(v[8] or 0), ps = tonumber(v[9] or 0), ls = v[10],
              wb = opt(v[11]), wn = opt(v[12]),
              hd = opt(v[13]), C = tonumber(v[14] or 0),
-             F = tonumber(v[15] or 0), S = tonumber(v[16] or 0)}
+             F = tonumber(v[15] or 0), S = tonumber(v[16] or 0), sl = v[17],
+             fs = tonumber(v[18] or 0)}
   local now = math.max(clock, tonumber(v[7] or 0))
   local before = {s.st, s.g, s.ou or false, s.oa, s.op, s.tr, tonumber(v[7] or -1), s.cf, s.ps,
-                  s.ls or '', s.wb or false, s.wn or false, s.hd or false, s.C, s.F, s.S}
-  release_lease(s, token)
+                  s.ls or '', s.wb or false, s.wn or false, s.hd or false, s.C, s.F, s.S,
+                  s.sl or '', s.fs}
+  s.ls = without(s.ls, token)
+  s.sl = without(s.sl, ARGV[a + 5])
+  -- a success admitted before the latest counted failure is stale: it keeps cf and sl
+  local fresh = cls == 'success' and tonumber(ARGV[a + 6]) >= s.fs
+  if fresh then s.sl = '' end  -- cf resets: the scope is no longer suspect
   if cls ~= 'ignored' then
     advance(key, s, pol.bucket_ms, pol.n, now)
     local slot = s.hd % pol.n
     local nslow = tonumber(ARGV[a + 4])
     if count > 1 then
-      local tr = successes(i, key, s, pol, gen, slot, nslow, now)
+      local tr = successes(i, key, s, pol, gen, slot, nslow, now, fresh)
       if tr then transitions[#transitions + 1] = tr end
     else
       local slow = latency > pol.slow_ms
@@ -222,7 +234,11 @@ for i = 1, #KEYS do
       s.C = s.C + 1
       if failed then redis.call('HINCRBY', key, 'b' .. slot .. 'f', 1); s.F = s.F + 1 end
       if slow then redis.call('HINCRBY', key, 'b' .. slot .. 's', 1); s.S = s.S + 1 end
-      if failed then s.cf = s.cf + 1 else s.cf = 0 end
+      if failed then
+        s.cf, s.fs = s.cf + 1, s.fs + 1
+      elseif fresh then
+        s.cf = 0
+      end
       if gen == s.g then
         local tr = state_step(i, key, s, pol, token, now)
         if tr then transitions[#transitions + 1] = tr end
@@ -232,7 +248,7 @@ for i = 1, #KEYS do
   -- write back only the fields that changed (the HSET is most of a record's cost)
   local new = {s.st, s.g, s.ou or false, s.oa, s.op, s.tr, now, s.cf, s.ps, s.ls or '',
                s.wb or pol.bucket_ms, s.wn or pol.n, s.hd or math.floor(now / pol.bucket_ms),
-               s.C, s.F, s.S}
+               s.C, s.F, s.S, s.sl or '', s.fs}
   local changed = {}
   for j = 1, #FIELDS do
     local value = new[j]
