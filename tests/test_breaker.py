@@ -46,6 +46,7 @@ POLICY = BreakerPolicy(
     half_open_successes=1,
 )
 NO_TRIP = POLICY.merged({"consecutive_failures": 10_000})
+SUSPECT = POLICY.merged({"suspect_cap": True})
 
 FAIL = Outcome(OutcomeClass.FAILURE, latency_ms=1.0)
 OK = Outcome(OutcomeClass.SUCCESS, latency_ms=1.0)
@@ -423,7 +424,7 @@ def test_lease_holding_permit_is_recorded_synchronously(
     ignored) reaches the store before record() returns, never coalesced behind a linger."""
     fb = FleetBreaker(
         RedisStore(client, namespace=fleet_settings.namespace),
-        lambda _s: POLICY,  # consecutive_failures=3
+        lambda _s: SUSPECT,  # consecutive_failures=3, suspect cap on
         worker_id="t3",
         success_linger_ms=60_000,  # a coalesced success would wait a minute
     )

@@ -33,6 +33,7 @@ POLICY = BreakerPolicy(
     consecutive_failures=3,
     open_base_ms=60_000,
     jitter_ratio=0,
+    suspect_cap=True,
 )
 FAIL = Outcome(OutcomeClass.FAILURE, latency_ms=1.0)
 OK = Outcome(OutcomeClass.SUCCESS, latency_ms=10.0)

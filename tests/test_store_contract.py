@@ -41,6 +41,7 @@ CREDENTIAL = Outcome(OutcomeClass.CREDENTIAL, status=401)
 def pol(**kw: Any) -> BreakerPolicy:
     """A test policy: small times, only the rule under test reachable unless overridden."""
     base: dict[str, Any] = {
+        "suspect_cap": True,  # opt-in in production; the contract covers it on
         "window_ms": 60_000,  # tests about sliding set their own
         "buckets": 10,
         "minimum_calls": 4,
