@@ -27,6 +27,9 @@ class JobContext:
     session_id: str | None = None
     workflow_id: str | None = None
     task_type: str | None = None
+    paid_steps: dict[int, bytes] | None = field(default=None, repr=False, compare=False)
+    """Steps this job already paid for (step -> stored LLMResult JSON), read once per execution
+    by :class:`fleet.stepcache.StepCacheMiddleware`; ``None`` until then."""
     _counter: Iterator[int] = field(default_factory=itertools.count, repr=False, compare=False)
 
     def next_step(self) -> int:

@@ -13,6 +13,7 @@ from typing import cast
 
 import redis
 
+from fleet.context import current_job
 from fleet.errors import StateUnavailable
 from fleet.middleware import CallContext, LLMMiddleware
 from fleet.settings import FleetSettings
@@ -51,17 +52,33 @@ class StepCacheMiddleware(LLMMiddleware):
         self.settings = settings
         self.redis = redis_client
 
-    def before_call(self, ctx: CallContext) -> LLMResult | None:
-        """Return the stored result of ``(ctx.job_id, ctx.step)`` when that step completed."""
-        if ctx.job_id is None or ctx.step is None:
-            return None
+    def _paid(self, ctx: CallContext) -> bytes | None:
+        """The stored answer of ``(ctx.job_id, ctx.step)``, if that step was paid for.
+
+        Inside a job execution all paid steps are read with ONE ``HGETALL`` on its first call
+        and kept on the :class:`~fleet.context.JobContext`, so later calls of the same
+        execution add no Redis round trip; outside one, a single ``HGET``.
+        """
+        assert ctx.job_id is not None and ctx.step is not None
         key = steps_key(self.settings, ctx.job_id)
+        job = current_job()
         try:
-            raw = cast("bytes | None", self.redis.hget(key, str(ctx.step)))
+            if job is None or job.job_id != ctx.job_id:
+                return cast("bytes | None", self.redis.hget(key, str(ctx.step)))
+            if job.paid_steps is None:
+                raw = cast("dict[bytes, bytes]", self.redis.hgetall(key))
+                job.paid_steps = {int(k): v for k, v in raw.items()}
         except redis.RedisError as exc:
             raise StateUnavailable(
                 f"step cache: cannot read job {ctx.job_id} step {ctx.step}: {exc}"
             ) from exc
+        return job.paid_steps.get(ctx.step)
+
+    def before_call(self, ctx: CallContext) -> LLMResult | None:
+        """Return the stored result of ``(ctx.job_id, ctx.step)`` when that step completed."""
+        if ctx.job_id is None or ctx.step is None:
+            return None
+        raw = self._paid(ctx)
         if raw is None:
             return None
         cached = LLMResult.model_validate_json(raw)
@@ -83,6 +100,9 @@ class StepCacheMiddleware(LLMMiddleware):
         """Store the result of ``(ctx.job_id, ctx.step)`` (idempotent for cached answers)."""
         if ctx.job_id is None or ctx.step is None:
             return
+        job = current_job()
+        if job is not None and job.paid_steps is not None and ctx.step in job.paid_steps:
+            return  # answered from the cache: already stored
         key = steps_key(self.settings, ctx.job_id)
         try:
             pipe = self.redis.pipeline(transaction=True)

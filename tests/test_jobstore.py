@@ -187,6 +187,36 @@ def test_step_cache_answers_completed_steps_only(fleet_settings: FleetSettings) 
     assert completed_steps(fleet_settings, client, "j1") == {0: first}
 
 
+def test_a_job_execution_reads_its_paid_steps_once(fleet_settings: FleetSettings) -> None:
+    client = make_redis(fleet_settings)
+    cache = StepCacheMiddleware(fleet_settings, client)
+    job_id = "c" * 32
+    paid = _result("paid")
+    outside = CallContext(task_type="data_collection", messages=[], job_id=job_id, step=0)
+    cache.after_call(outside, paid)
+
+    def reads() -> tuple[int, int]:
+        stats = client.info("commandstats")
+        return tuple(  # type: ignore[return-value]
+            int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("hgetall", "hget")
+        )
+
+    before = reads()
+    with job_scope(JobContext(job_id)) as job:
+        steps = [
+            CallContext(task_type="data_collection", messages=[], job_id=job_id, step=n)
+            for n in (job.next_step(), job.next_step(), job.next_step())
+        ]
+        answers = [cache.before_call(c) for c in steps]
+        cache.after_call(steps[0], paid)  # a cached answer is not written again
+        cache.after_call(steps[1], _result("new"))
+    hgetall, hget = (a - b for a, b in zip(reads(), before, strict=True))
+    assert answers == [paid, None, None]
+    # one HGETALL for the whole execution (plus the INFO calls themselves are not HGETs)
+    assert (hgetall, hget) == (1, 0)
+    assert completed_steps(fleet_settings, client, job_id) == {0: paid, 1: _result("new")}
+
+
 def test_job_scope_numbers_steps_and_restores() -> None:
     assert current_job() is None
     with job_scope(JobContext("a" * 32, session_id="s")) as ctx:
