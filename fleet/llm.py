@@ -23,6 +23,8 @@ import redis
 
 from breaker_service.breaker import FleetBreaker
 from breaker_service.listeners import BreakerListener
+from breaker_service.policy import BreakerPolicy
+from breaker_service.scope import Scope
 from fleet.attempt import CandidateCaller
 from fleet.context import current_job
 from fleet.errors import (
@@ -64,16 +66,23 @@ class FleetClient:
         self.registry = registry or load_registry(settings.registry_path)
         self.redis = redis if redis is not None else make_redis(settings)
         self.router = Router(settings, self.registry, self.redis)
+        self._policies: dict[Scope, BreakerPolicy] = {}
         self.breaker = FleetBreaker.from_settings(
-            settings,
-            self.redis,
-            lambda scope: self.registry.policy_for(scope.provider, scope.model),
-            listeners=breaker_listeners,
+            settings, self.redis, self._policy_for, listeners=breaker_listeners
         )
         self.middleware: list[LLMMiddleware] = list(middleware)
         self._owns_http = http is None
         self.http = http or make_http_client()
         self._caller = CandidateCaller(self.registry, self.breaker, self.http)
+
+    def _policy_for(self, scope: Scope) -> BreakerPolicy:
+        """The scope's policy, merged once per client (the registry is fixed for its life):
+        merging validates a pydantic model, too slow for every acquire of every call."""
+        policy = self._policies.get(scope)
+        if policy is None:
+            policy = self.registry.policy_for(scope.provider, scope.model)
+            self._policies[scope] = policy
+        return policy
 
     def llm_call(
         self,
