@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,7 @@ def _hold_probe(breaker: FleetBreaker, side: redis.Redis, ns: str) -> None:
         decision = breaker.acquire([SCOPE])
         if isinstance(decision, Permit) and decision.decision == "probe":
             side.rpush(f"{ns}:test:holding", json.dumps([g.generation for g in decision.grants]))
-            while True:  # hang with the lease until SIGKILL
-                time.sleep(1)
+            threading.Event().wait()  # hang with the lease until SIGKILL
         time.sleep(0.01)
 
 
