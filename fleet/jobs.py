@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fleet.dispatch import task_id
 from fleet.errors import (
     ConfigError,
     JobFailed,
@@ -296,11 +297,22 @@ class JobClient:
             raise SubmitError(_first_error(exc, "")) from exc
 
     # queueing ---------------------------------------------------------------------------
-    def enqueue(self, job: AgentJob, *, countdown_s: float | None = None) -> None:
-        """Send ``job``'s message to its queue (the record must exist already)."""
+    def enqueue(self, job: AgentJob, *, countdown_s: float | None = None) -> int:
+        """Send ``job``'s message to its queue (the record must exist already).
+
+        Takes the next dispatch number first (:meth:`JobStore.stamp_dispatch`), which
+        supersedes any older message of the job; returns that number.
+        """
+        dispatch = self.store.stamp_dispatch(job.job_id, job.queue)
+        self.publish(job, dispatch, countdown_s=countdown_s)
+        return dispatch
+
+    def publish(self, job: AgentJob, dispatch: int, *, countdown_s: float | None = None) -> None:
+        """Send the message of dispatch ``dispatch`` of ``job`` (already stamped)."""
         self.app.send_task(
             TASK_NAME,
             args=[job.model_dump(mode="json")],
+            task_id=task_id(job.job_id, dispatch),
             queue=job.queue,
             countdown=countdown_s,
             priority=job.priority or None,

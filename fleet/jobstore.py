@@ -7,6 +7,12 @@ terminal state even when Celery delivers it twice. Keys (``<ns>`` is the setting
     <ns>:jobs:state:<state>     zset of job ids by last change (ms), one per state
     <ns>:jobs:all               zset of every job id by creation time (ms)
     <ns>:jobs:counts            hash: submitted, succeeded, escalated, failed, cancelled
+    <ns>:jobs:dispatch_seq:<q>  counter: dispatch numbers of queue <q>
+
+Dispatch numbers: every publish of a job takes the next number of its queue, stores it on the
+record and puts it in the message's task id (``<job id>.<dispatch>``). A worker runs a message
+only while its number is still the record's, so re-publishing a job (the sweeper,
+:mod:`fleet.sweeper`) supersedes every older message of it: at most one of them ever runs.
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ class JobRecord(BaseModel):
     started_at_ms: int | None = None
     finished_at_ms: int | None = None
     deliveries: int = 0
+    dispatch: int = 0
+    redispatches: int = 0
+    sweep_reason: str | None = None
     retry_later_count: int = 0
     requeues: int = 0
     worker: str | None = None
@@ -113,6 +122,9 @@ def _record(job_id: str, raw: Mapping[str, str]) -> JobRecord:
         started_at_ms=_opt_int(raw, "started_at_ms"),
         finished_at_ms=_opt_int(raw, "finished_at_ms"),
         deliveries=int(raw.get("deliveries", "0")),
+        dispatch=int(raw.get("dispatch", "0")),
+        redispatches=int(raw.get("redispatches", "0")),
+        sweep_reason=raw.get("sweep_reason") or None,
         retry_later_count=int(raw.get("retry_later_count", "0")),
         requeues=int(raw.get("requeues", "0")),
         worker=raw.get("worker") or None,
@@ -138,6 +150,8 @@ class JobStore:
         self.redis = redis_client
         self._create = redis_client.register_script(_lua("job_create.lua"))
         self._transition = redis_client.register_script(_lua("job_transition.lua"))
+        self._stamp = redis_client.register_script(_lua("job_stamp.lua"))
+        self._redispatch = redis_client.register_script(_lua("job_redispatch.lua"))
 
     # keys -------------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -152,6 +166,9 @@ class JobStore:
 
     def _all_key(self) -> str:
         return self.settings.key("jobs", "all")
+
+    def _seq_key(self, queue: str) -> str:
+        return self.settings.key("jobs", "dispatch_seq", queue)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         try:
@@ -187,27 +204,93 @@ class JobStore:
         Returns ``(changed, previous_or_current_state)``; ``(False, None)`` when no record
         exists. ``fields`` are written in the same step.
         """
+        status, state = self._move(job_id, new_state, allowed_from, fields, guard=None)
+        return status == 1, state
+
+    def _move(
+        self,
+        job_id: str,
+        new_state: JobState,
+        allowed_from: Iterable[str],
+        fields: Mapping[str, str | int | float] | None,
+        *,
+        guard: int | None,
+    ) -> tuple[int, str | None]:
         now = _now_ms()
         keys = [self.job_key(job_id), self._counts_key(), *(self._index_key(s) for s in STATES)]
         args: list[str | int | float] = [job_id, new_state, f" {' '.join(allowed_from)} ", now]
+        args.append("" if guard is None else guard)
         for name, value in (fields or {}).items():
             args.extend((name, value))
         raw = self._call(
             f"move job {job_id} to {new_state}", lambda: self._transition(keys=keys, args=args)
         )
-        status, state = int(raw[0]), raw[1]
+        state = raw[1]
         state_text = state.decode() if isinstance(state, bytes) else str(state)
-        return status == 1, (state_text or None)
+        return int(raw[0]), (state_text or None)
 
-    def mark_running(self, job_id: str, *, worker: str, delivery: int) -> bool:
-        """queued/running -> running for this delivery; False when the job is terminal."""
-        changed, _ = self.transition(
+    def mark_running(
+        self, job_id: str, *, worker: str, delivery: int, dispatch: int | None = None
+    ) -> Literal["running", "terminal", "superseded"]:
+        """queued/running -> running for this delivery.
+
+        ``dispatch`` (the message's dispatch number) must still be the record's, else the
+        message was superseded by a newer publish and must not run. Returns ``running``, or
+        why not: ``terminal`` (or no record) or ``superseded``.
+        """
+        status, _ = self._move(
             job_id,
             "running",
-            allowed_from=ACTIVE_STATES,
-            fields={"worker": worker, "deliveries": delivery, "started_at_ms": _now_ms()},
+            ACTIVE_STATES,
+            {"worker": worker, "deliveries": delivery, "started_at_ms": _now_ms()},
+            guard=dispatch,
         )
-        return changed
+        if status == 1:
+            return "running"
+        return "superseded" if status == -2 else "terminal"
+
+    def stamp_dispatch(self, job_id: str, queue: str) -> int:
+        """Give ``job_id`` the next dispatch number of ``queue`` (call just before publishing).
+
+        Raises :class:`~fleet.errors.JobNotFound` when no record exists.
+        """
+        keys = [self.job_key(job_id), self._seq_key(queue)]
+        seq = int(self._call(f"stamp job {job_id}", lambda: self._stamp(keys=keys, args=[])))
+        if not seq:
+            raise JobNotFound(f"no job with id {job_id!r}; create its record before publishing")
+        return seq
+
+    def redispatch(
+        self,
+        record: JobRecord,
+        *,
+        now_ms: int,
+        reason: str,
+    ) -> int:
+        """Put a stuck ``record`` back to ``queued`` with a new dispatch number (the sweeper).
+
+        Compare-and-set on the state and ``updated_at_ms`` read in ``record``: returns the new
+        dispatch number, or 0 when the job changed meanwhile (nothing changed then).
+        """
+        keys = [
+            self.job_key(record.job_id),
+            self._index_key("queued"),
+            self._index_key("running"),
+            self._seq_key(record.queue),
+        ]
+        args: list[str | int] = [
+            record.job_id,
+            record.state,
+            record.updated_at_ms,
+            now_ms,
+            reason,
+        ]
+        return int(
+            self._call(
+                f"re-dispatch job {record.job_id}",
+                lambda: self._redispatch(keys=keys, args=args),
+            )
+        )
 
     def finish(
         self,
@@ -277,6 +360,31 @@ class JobStore:
         if not raw:
             raise JobNotFound(f"no job with id {job_id!r} in namespace {self.settings.namespace!r}")
         return _record(job_id, {k.decode(): v.decode() for k, v in raw.items()})
+
+    def admission(self, job_id: str) -> tuple[str | None, int]:
+        """``(state, dispatch)`` of ``job_id`` in one read; ``(None, 0)`` without a record."""
+        raw = self._call(
+            f"read state of {job_id}",
+            lambda: cast(
+                "list[bytes | None]",
+                self.redis.hmget(self.job_key(job_id), ["state", "dispatch"]),
+            ),
+        )
+        state, dispatch = raw
+        return (state.decode() if state else None), int(dispatch or 0)
+
+    def untouched_since(self, state: JobState, before_ms: int, *, limit: int) -> list[str]:
+        """Ids of jobs in ``state`` whose last change is older than ``before_ms`` (oldest
+        first, at most ``limit``)."""
+        key = self._index_key(state)
+        ids = self._call(
+            f"list {state} jobs untouched since {before_ms}",
+            lambda: cast(
+                "list[bytes]",
+                self.redis.zrangebyscore(key, "-inf", f"({before_ms}", start=0, num=limit),
+            ),
+        )
+        return [i.decode() for i in ids]
 
     def state(self, job_id: str) -> str | None:
         """The current state of ``job_id``, or None when no record exists."""

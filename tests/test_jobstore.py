@@ -63,13 +63,13 @@ def test_create_is_idempotent_and_counted(store: JobStore) -> None:
 def test_lifecycle_and_terminal_is_final(store: JobStore) -> None:
     job = _job()
     store.create(job)
-    assert store.mark_running(job.job_id, worker="w1", delivery=1)
+    assert store.mark_running(job.job_id, worker="w1", delivery=1) == "running"
     attempt = Attempt(model="m", provider="p", outcome="failure", status=503)
     assert store.finish(
         job.job_id, "failed", error="boom", policy="fail", policy_reason="r", history=[attempt]
     )
     # a redelivered copy can neither run nor settle it again
-    assert not store.mark_running(job.job_id, worker="w2", delivery=2)
+    assert store.mark_running(job.job_id, worker="w2", delivery=2) == "terminal"
     assert not store.finish(job.job_id, "succeeded", result={"a": 1})
     record = store.get(job.job_id)
     assert record.state == "failed"

@@ -1,11 +1,12 @@
 """``fleet.run_agent_job``: run one agent job under the job store's state machine.
 
-Per delivery: ack at once a job that is already terminal; count the delivery (past the cap:
-escalate, reason ``redelivery_cap``); mark running; run the agent inside a job scope (so every
-``llm_call`` gets a step number and the step cache answers steps already paid for); settle the
-job: succeeded (queue the next pipeline step first), or apply the task type's local-failure
-policy (:mod:`workers.policy`). A Redis outage while doing so rejects the message back to the
-queue (never acked as done, never read as success).
+Per delivery: ack at once a job that is already terminal, or a message superseded by a newer
+dispatch of the job (the sweeper re-published it: :mod:`fleet.sweeper`); count the delivery
+(past the cap: escalate, reason ``redelivery_cap``); mark running; run the agent inside a job
+scope (so every ``llm_call`` gets a step number and the step cache answers steps already paid
+for); settle the job: succeeded (queue the next pipeline step first), or apply the task
+type's local-failure policy (:mod:`workers.policy`). A Redis outage while doing so rejects the
+message back to the queue (never acked as done, never read as success).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from celery.signals import worker_process_init
 from pydantic import BaseModel, ValidationError
 
 from fleet.context import JobContext, job_scope
+from fleet.dispatch import parse_task_id
 from fleet.errors import AllRoutesFailed, CallerError, StateUnavailable
 from fleet.jobs import TASK_NAME, AgentJob, JobClient
 from fleet.jobstore import TERMINAL_STATES
@@ -133,10 +135,10 @@ def _run_agent(rt: WorkerRuntime, job: AgentJob) -> Callable[[], Any] | None:
     return lambda: spec.fn(payload)
 
 
-def _admit(rt: WorkerRuntime, job: AgentJob) -> str | None:
+def _admit(rt: WorkerRuntime, job: AgentJob, dispatch: int | None) -> str | None:
     """Checks before running a delivery; returns why not to run it, or None to run it."""
     store = rt.jobs.store
-    state = store.state(job.job_id)
+    state, current = store.admission(job.job_id)
     if state is None:
         store.create(job)
     elif state in TERMINAL_STATES:
@@ -147,14 +149,27 @@ def _admit(rt: WorkerRuntime, job: AgentJob) -> str | None:
             # the previous delivery may have died between settling and queueing the next step
             rt.jobs.ensure_next(job, store.get(job.job_id).result)
         return "duplicate"
+    guard = dispatch if dispatch is not None and current else None
+    if guard is not None and guard != current:
+        log.info(
+            "superseded message acked without running job_id=%s dispatch=%s current=%s",
+            job.job_id,
+            dispatch,
+            current,
+        )
+        return "superseded"
     delivery = count_delivery(rt.settings, rt.redis, job.job_id)
     if over_cap(rt.settings, delivery):
         detail = f"delivered {delivery} times; cap is 1 + {rt.settings.max_redeliveries}"
         policy.escalate(rt, job, reason="redelivery_cap", detail=detail)
         return "redelivery_cap"
-    if not store.mark_running(job.job_id, worker=rt.settings.worker_id, delivery=delivery):
-        return "duplicate"
-    return None
+    started = store.mark_running(
+        job.job_id, worker=rt.settings.worker_id, delivery=delivery, dispatch=guard
+    )
+    if started == "superseded":
+        log.info("superseded message acked without running job_id=%s", job.job_id)
+        return "superseded"
+    return None if started == "running" else "duplicate"
 
 
 def _settle_error(rt: WorkerRuntime, job: AgentJob, exc: BaseException) -> str:
@@ -170,14 +185,18 @@ def _settle_error(rt: WorkerRuntime, job: AgentJob, exc: BaseException) -> str:
     return "failed"
 
 
-def execute_job(rt: WorkerRuntime, data: dict[str, Any]) -> str:
-    """Run one delivery of a job; returns what happened (for logs and tests)."""
+def execute_job(rt: WorkerRuntime, data: dict[str, Any], dispatch: int | None = None) -> str:
+    """Run one delivery of a job; returns what happened (for logs and tests).
+
+    ``dispatch`` is the message's dispatch number (from its task id); None for messages
+    published without one, which are not checked for being superseded.
+    """
     try:
         job = AgentJob.model_validate(data)
     except ValidationError as exc:
         log.error("dropping malformed job message error=%s", exc)
         return "malformed"
-    refused = _admit(rt, job)
+    refused = _admit(rt, job, dispatch)
     if refused is not None:
         return refused
     run = _run_agent(rt, job)
@@ -205,7 +224,8 @@ def register_tasks(app: Celery, settings: FleetSettings) -> None:
     def run_agent_job(self: Task[Any, Any], job: dict[str, Any]) -> str:
         """Run one agent job (the message body is the AgentJob JSON)."""
         try:
-            return execute_job(holder.get(), job)
+            _, dispatch = parse_task_id(self.request.id)
+            return execute_job(holder.get(), job, dispatch)
         except (StateUnavailable, redis.RedisError) as exc:
             log.error(
                 "state unavailable, job back to the queue job_id=%s error=%s",
