@@ -94,6 +94,21 @@ class FleetSettings(BaseSettings):
     max_redeliveries: int = Field(
         3, ge=0, le=100, description="Deliveries of one job before it is escalated, not retried."
     )
+    sweep_interval_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Seconds between job sweeps in each worker (0 turns the sweeper off).",
+    )
+    sweep_grace_s: float = Field(
+        60.0,
+        ge=1,
+        le=86_400,
+        description=(
+            "A queued job untouched this long whose message the broker no longer holds, or a "
+            "running job untouched this long past the hard time limit, is re-dispatched."
+        ),
+    )
 
     @field_validator("redis_url")
     @classmethod

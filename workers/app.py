@@ -9,7 +9,8 @@ access from ``FleetSettings.load()`` (the ``FLEET_*`` environment). Settings (DE
   own per-job delivery counter (:mod:`workers.redelivery`) escalates it past the cap;
 - prefetch 1; one visibility timeout (``FLEET_VISIBILITY_TIMEOUT_S``) for broker and results;
   soft/hard time limits below it;
-- queues ``agents`` (default) and ``escalation``; broker keys prefixed ``<ns>:celery:``.
+- queues ``agents`` (default) and ``escalation``; broker keys prefixed ``<ns>:celery:``;
+- a job sweeper in every worker (:mod:`workers.sweep`) re-dispatches jobs the broker lost.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kombu import Exchange, Queue
 
 from fleet.settings import FleetSettings
 from workers.catalog import AGENTS_QUEUE, ESCALATION_QUEUE
+from workers.sweep import sweeper_step
 from workers.tasks import register_tasks
 
 RESTORE_INTERVAL_S = 5
@@ -74,6 +76,7 @@ def create_app(settings: FleetSettings | None = None) -> Celery:
         enable_utc=True,
     )
     register_tasks(app, settings)
+    app.steps["worker"].add(sweeper_step(settings))
     return app
 
 

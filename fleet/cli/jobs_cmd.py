@@ -1,4 +1,4 @@
-"""``fleet submit``, ``fleet jobs show|list|cancel`` and ``fleet worker``.
+"""``fleet submit``, ``fleet jobs show|list|cancel|sweep`` and ``fleet worker``.
 
 Exit codes: 0 ok; 1 a waited-for job did not succeed; 2 refused at submit or bad settings;
 3 Redis did not answer.
@@ -138,7 +138,10 @@ def show_cmd(
         typer.echo(record.model_dump_json(indent=2))
         return
     table = Table(show_header=False)
-    for name in ("job_id", "state", "agent", "task_type", "workflow_id", "deliveries", "worker"):
+    for name in (
+        "job_id", "state", "agent", "task_type", "workflow_id", "deliveries", "dispatch",
+        "redispatches", "worker",
+    ):  # fmt: skip
         table.add_row(name, str(getattr(record, name)))
     table.add_row("cost_usd", f"{record.cost_usd:.6f}")
     table.add_row("policy", f"{record.policy or '-'} ({record.policy_reason or '-'})")
@@ -208,6 +211,48 @@ def cancel_cmd(
     typer.echo(f"{job_id} cancelled")
 
 
+def sweep_cmd(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only report what would be re-dispatched.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run one job sweep now: re-dispatch jobs whose broker message was lost.
+
+    Workers already sweep every FLEET_SWEEP_INTERVAL_S; this is for operators (and for
+    fleets that run with the worker sweeper off). A running job counts as dead only past
+    the hard time limit plus FLEET_SWEEP_GRACE_S; a queued one only when no worker holds its
+    message and its queue no longer does. Exit 0 whatever it found; 3 when Redis is down.
+    """
+    from fleet.redis_client import make_redis  # noqa: PLC0415 - only this command
+    from fleet.sweeper import JobSweeper  # noqa: PLC0415 - only this command
+
+    try:
+        with _client() as client:
+            broker = make_redis(client.settings, url=client.settings.effective_broker_url)
+            try:
+                report = JobSweeper(client, broker).sweep(dry_run=dry_run)
+            finally:
+                broker.close()
+    except StateUnavailable as exc:
+        raise _fail(str(exc), EXIT_UNAVAILABLE) from exc
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    table = Table("job_id", "was", "reason", "idle_s", "threshold_s", "new dispatch")
+    for r in report.redispatched:
+        table.add_row(
+            r.job_id, r.state, r.reason, f"{r.idle_s:.1f}", f"{r.threshold_s:.0f}", str(r.dispatch)
+        )
+    console.print(table)
+    verb = "would re-dispatch" if dry_run else "re-dispatched"
+    err_console.print(
+        f"{verb}={len(report.redispatched)} running_checked={report.running_checked} "
+        f"queued_checked={report.queued_checked} queued_waiting={report.queued_waiting} "
+        f"changed_meanwhile={report.changed_meanwhile}"
+    )
+
+
 def worker_cmd(
     ctx: typer.Context,
     *,
@@ -234,12 +279,13 @@ def worker_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``submit``, ``jobs show|list|cancel`` and ``worker`` to ``app``."""
+    """Add ``submit``, ``jobs show|list|cancel|sweep`` and ``worker`` to ``app``."""
     app.command("submit")(submit_cmd)
     jobs = typer.Typer(help="Inspect agent jobs (records in Redis).", no_args_is_help=True)
     jobs.command("show")(show_cmd)
     jobs.command("list")(list_cmd)
     jobs.command("cancel")(cancel_cmd)
+    jobs.command("sweep")(sweep_cmd)
     app.add_typer(jobs, name="jobs")
     app.command(
         "worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
