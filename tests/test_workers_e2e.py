@@ -20,7 +20,7 @@ from fleet.llm import FleetClient
 from fleet.local import write_local_registry
 from fleet.providers.simulated import SimControl, SimulatedProvider
 from fleet.settings import FleetSettings
-from fleet.testing import wait_until
+from fleet.testing import WaitTimeout, wait_until
 from fleet.testing.celery_workers import CeleryWorkers
 from tests.llm_fixtures import FAST_BREAKER
 from workers.agents import SEO_PIPELINE
@@ -54,7 +54,31 @@ class Fleet:
             records = [self.jobs.store.get(i) for i in ids]
             return records if all(r.terminal for r in records) else None
 
-        return wait_until(done, timeout_s=timeout_s, interval_s=0.1, message="jobs terminal")
+        try:
+            return wait_until(done, timeout_s=timeout_s, interval_s=0.1, message="jobs terminal")
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc}\n{self.explain_stuck(ids)}") from None
+
+    def explain_stuck(self, ids: list[str]) -> str:
+        """Where each non-terminal job is: its record, and whether the broker holds it."""
+        r, prefix = self.jobs.redis, f"{self.settings.namespace}:celery:"
+        queued = b"".join(r.lrange(prefix + "agents", 0, -1)).decode(errors="replace")
+        unacked = " ".join(str(v) for v in r.hvals(prefix + "unacked"))
+        lines = [
+            f"mutex ttl={r.ttl(prefix + 'unacked_mutex')} "
+            f"unacked={r.hlen(prefix + 'unacked')} queue={r.llen(prefix + 'agents')}"
+        ]
+        for job_id in ids:
+            rec = self.jobs.store.get(job_id)
+            if not rec.terminal:
+                lines.append(
+                    f"{job_id} state={rec.state} deliveries={rec.deliveries} "
+                    f"worker={rec.worker} updated_at_ms={rec.updated_at_ms} "
+                    f"in_queue={job_id in queued} in_unacked={job_id in unacked}"
+                )
+        for w in self.workers.workers:
+            lines.append(f"--- {w.name} log tail\n{w.log()[-1500:]}")
+        return "\n".join(lines)
 
     def broker_idle(self) -> bool:
         """No message waiting in the agents queue and none held unacked by a worker."""
