@@ -51,7 +51,15 @@ class SweeperThread:
     def _run(self) -> None:
         settings = self.settings
         broker = make_redis(settings, url=settings.effective_broker_url)
-        jobs = JobClient(settings, app=self.app)
+        try:
+            jobs = JobClient(settings, app=self.app)
+        except Exception:
+            log.exception(
+                "job sweeper not started worker=%s: fix the error above and restart the worker",
+                settings.worker_id,
+            )
+            broker.close()
+            return
         sweeper = JobSweeper(jobs, broker, running_rule=self.running_rule)
         log.info(
             "job sweeper started worker=%s interval_s=%s grace_s=%s running_threshold_s=%s "
