@@ -26,6 +26,9 @@ PROCESSES = 4
 
 @pytest.fixture
 def loaders(local_fleet: LocalFleet) -> Iterator[list[subprocess.Popen[bytes]]]:
+    # the providers' latency paces the loaders (the loop itself never sleeps)
+    for sim in (local_fleet.primary, local_fleet.backup):
+        sim.set_mode("healthy", latency_ms=10)
     settings = local_fleet.settings
     env = {
         **os.environ,
@@ -45,7 +48,7 @@ def loaders(local_fleet: LocalFleet) -> Iterator[list[subprocess.Popen[bytes]]]:
         for i in range(PROCESSES)
     ]
     yield procs
-    redis.Redis.from_url(settings.redis_url).set(settings.key("test", "stop"), 1)
+    redis.Redis.from_url(settings.redis_url).rpush(settings.key("test", "stop"), 1)
     for p in procs:
         try:
             p.wait(timeout=20)

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -175,51 +174,55 @@ def test_router_keeps_last_preset_when_redis_has_an_unknown_one(
 
 
 CHILD = """
-import sys, time
+import sys
+import redis
 from fleet.redis_client import make_redis
 from fleet.registry import load_registry
-from fleet.routing import OUTAGE_RETRY_S, Router
+from fleet.routing import Router
 from fleet.settings import FleetSettings
 
 settings = FleetSettings.load()
 router = Router(settings, load_registry(environ={}), make_redis(settings))
-last = None
-with open(sys.argv[1], "a") as out:
-    while True:
-        route = router.route("classification")
-        seen = f"{route.preset}@{route.preset_version} {route.candidates[0].key}"
-        if seen != last:
-            out.write(seen + "\\n")
-            out.flush()
-            last = seen
-        time.sleep(0.005)
+side = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+ask, answer = sys.argv[1], sys.argv[2]
+while side.blpop([ask], timeout=20):  # one route per question; no question for 20 s: done
+    route = router.route("classification")
+    side.rpush(answer, f"{route.preset}@{route.preset_version} {route.candidates[0].key}")
 """
 
 
 def test_a_separate_process_sees_the_switch_without_restart(
-    fleet_settings: FleetSettings, store: PresetStore, tmp_path: Path
+    fleet_settings: FleetSettings, store: PresetStore
 ) -> None:
-    seen = tmp_path / "seen.txt"
-    seen.touch()
     env = {
         **os.environ,
         "FLEET_REDIS_URL": fleet_settings.redis_url,
         "FLEET_NAMESPACE": fleet_settings.namespace,
         "FLEET_PRESET_CACHE_S": "0.05",
     }
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(seen)], env=env)
+    ask, answer = fleet_settings.key("test", "ask"), fleet_settings.key("test", "answer")
+    side = redis.Redis.from_url(fleet_settings.redis_url, socket_timeout=30)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, ask, answer], env=env)
+    seen: list[str] = []
+
+    def routes_to(expected: str) -> bool:
+        """Ask the routing process for one route; keep each distinct answer in order."""
+        assert child.poll() is None, "the routing process died"
+        side.rpush(ask, 1)
+        reply = side.blpop([answer], timeout=20)
+        assert reply is not None, "the routing process did not answer"
+        got = reply[1].decode()
+        if not seen or seen[-1] != got:
+            seen.append(got)
+        return got == expected
+
     try:
-
-        def lines() -> list[str]:
-            assert child.poll() is None, "the routing process died"
-            return seen.read_text().splitlines()
-
-        wait_until(lambda: "local@0 sim-primary/sim-small" in lines(), timeout_s=30)
+        wait_until(lambda: routes_to("local@0 sim-primary/sim-small"), timeout_s=30)
         store.use("mixed-optimal", actor="ana", environ=KEYS)
-        wait_until(lambda: "mixed-optimal@1 nebius/llama-8b" in lines(), timeout_s=30)
+        wait_until(lambda: routes_to("mixed-optimal@1 nebius/llama-8b"), timeout_s=30)
         store.use("sambanova-optimized", actor="ana", environ=KEYS)
-        wait_until(lambda: "sambanova-optimized@2 sambanova/llama-8b" in lines(), timeout_s=30)
-        assert lines() == [
+        wait_until(lambda: routes_to("sambanova-optimized@2 sambanova/llama-8b"), timeout_s=30)
+        assert seen == [
             "local@0 sim-primary/sim-small",
             "mixed-optimal@1 nebius/llama-8b",
             "sambanova-optimized@2 sambanova/llama-8b",
