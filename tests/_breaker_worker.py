@@ -3,13 +3,16 @@
 Run as ``python -m tests._breaker_worker --url URL --namespace NS --worker ID --mode MODE ...``
 from the repository root. Modes:
 
-- ``fail``: call a failing "provider" (the outcome is decided here: FAILURE) until the key
-  ``<ns>:test:stop`` exists; probes are wrapped in an INCR/DECR gauge with a max.
-- ``succeed``: same loop, every call succeeds.
+- ``fail`` / ``succeed``: call the simulated provider at ``--provider`` and record what it
+  answered (the test sets its mode) until the key ``<ns>:test:stop`` exists; probes are
+  wrapped in an INCR/DECR gauge with a max.
 - ``hold_probe``: acquire until a probe lease is granted, report it, then hang (to be killed).
 - ``old_gen``: acquire once, report the generation, wait for ``<ns>:test:go``, record FAILURE.
-- ``pace``: succeed until the file ``--stop-file`` exists, writing every decision as a JSON
-  line to ``--out`` (works while Redis is paused).
+- ``pace``: call the provider until the file ``--stop-file`` exists, writing every decision as
+  a JSON line to ``--out`` (works while Redis is paused).
+
+A rejected call goes to the simulated backup at ``--backup`` instead, as ``llm_call`` would.
+Nothing sleeps: the providers' latency (real HTTP on 127.0.0.1) paces every loop.
 
 Every transition this process is told about is RPUSHed (JSON) to ``<ns>:test:obs``.
 """
@@ -25,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 from breaker_service import (
@@ -56,6 +60,16 @@ return v
 """
 
 
+def call(url: str) -> OutcomeClass:
+    """One chat completion on the simulated provider at ``url``: SUCCESS on HTTP 200."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    try:
+        status = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10).status_code
+    except httpx.HTTPError:
+        return OutcomeClass.FAILURE
+    return OutcomeClass.SUCCESS if status == 200 else OutcomeClass.FAILURE
+
+
 class Observer(BreakerListener):
     """Reports transitions (and recovery) to Redis or to the output file."""
 
@@ -81,31 +95,33 @@ class Observer(BreakerListener):
             self.out.flush()
 
 
-def _loop(breaker: FleetBreaker, side: redis.Redis, ns: str, outcome: OutcomeClass) -> None:
+def _loop(breaker: FleetBreaker, side: redis.Redis, ns: str, provider: str, backup: str) -> None:
     stop = f"{ns}:test:stop"
     while not side.exists(stop):
         decision = breaker.acquire([SCOPE])
         if isinstance(decision, Rejection):
             side.hincrby(f"{ns}:test:rejects", decision.reason, 1)
-            time.sleep(min(decision.retry_after_s, 0.02))  # workload pacing, not a test wait
+            call(backup)
             continue
         probe = decision.decision == "probe"
         if probe:
             side.eval(GAUGE_UP, 2, f"{ns}:test:gauge", f"{ns}:test:gauge_max")
             side.incr(f"{ns}:test:probes")
-        time.sleep(0.005)  # the simulated provider call
+        started = time.monotonic()
+        outcome = call(provider)
         if probe:
             side.decr(f"{ns}:test:gauge")
-        breaker.record(decision, Outcome(outcome, latency_ms=5.0))
+        latency_ms = (time.monotonic() - started) * 1000
+        breaker.record(decision, Outcome(outcome, latency_ms=latency_ms))
 
 
-def _hold_probe(breaker: FleetBreaker, side: redis.Redis, ns: str) -> None:
+def _hold_probe(breaker: FleetBreaker, side: redis.Redis, ns: str, backup: str) -> None:
     while True:
         decision = breaker.acquire([SCOPE])
         if isinstance(decision, Permit) and decision.decision == "probe":
             side.rpush(f"{ns}:test:holding", json.dumps([g.generation for g in decision.grants]))
             threading.Event().wait()  # hang with the lease until SIGKILL
-        time.sleep(0.01)
+        call(backup)
 
 
 def _old_gen(breaker: FleetBreaker, side: redis.Redis, ns: str) -> None:
@@ -119,23 +135,30 @@ def _old_gen(breaker: FleetBreaker, side: redis.Redis, ns: str) -> None:
     side.rpush(f"{ns}:test:done", "1")
 
 
-def _pace(breaker: FleetBreaker, out: Any, stop_file: Path) -> None:
+def _pace(breaker: FleetBreaker, out: Any, stop_file: Path, provider: str, backup: str) -> None:
     while not stop_file.exists():
         started = time.monotonic()
         row: dict[str, Any]
         try:
             decision = breaker.acquire([SCOPE])
-            if isinstance(decision, Permit):
-                breaker.record(decision, Outcome(OutcomeClass.SUCCESS, latency_ms=1.0))
-                row = {"d": decision.decision}
-            else:
-                row = {"d": "reject", "reason": decision.reason}
         except Exception as exc:  # the test asserts that this never happens
-            row = {"d": "error", "error": repr(exc)}
-        row["ms"] = round((time.monotonic() - started) * 1000, 1)
+            decision, row = None, {"d": "error", "error": repr(exc)}
+        breaker_s = time.monotonic() - started
+        if isinstance(decision, Permit):
+            row = {"d": decision.decision}
+            outcome = call(provider)
+            started = time.monotonic()
+            try:
+                breaker.record(decision, Outcome(outcome, latency_ms=1.0))
+            except Exception as exc:  # the test asserts that this never happens
+                row = {"d": "error", "error": repr(exc)}
+            breaker_s += time.monotonic() - started
+        elif isinstance(decision, Rejection):
+            row = {"d": "reject", "reason": decision.reason}
+            call(backup)
+        row["ms"] = round(breaker_s * 1000, 1)  # acquire + record, not the provider call
         out.write(json.dumps(row) + "\n")
         out.flush()
-        time.sleep(0.01)  # pacing
 
 
 def main() -> None:
@@ -149,6 +172,8 @@ def main() -> None:
     ap.add_argument("--fallback", default="local")
     ap.add_argument("--out")
     ap.add_argument("--stop-file")
+    ap.add_argument("--provider", help="base URL of the simulated provider")
+    ap.add_argument("--backup", help="base URL of the simulated backup (rejected calls)")
     args = ap.parse_args()
     settings = FleetSettings.load(
         redis_url=args.url,
@@ -166,13 +191,13 @@ def main() -> None:
     )
     if args.mode == "pace":
         assert args.stop_file and out is not None
-        _pace(breaker, out, Path(args.stop_file))
+        _pace(breaker, out, Path(args.stop_file), args.provider, args.backup)
     else:
         assert side is not None
         run = {
-            "fail": lambda: _loop(breaker, side, args.namespace, OutcomeClass.FAILURE),
-            "succeed": lambda: _loop(breaker, side, args.namespace, OutcomeClass.SUCCESS),
-            "hold_probe": lambda: _hold_probe(breaker, side, args.namespace),
+            "fail": lambda: _loop(breaker, side, args.namespace, args.provider, args.backup),
+            "succeed": lambda: _loop(breaker, side, args.namespace, args.provider, args.backup),
+            "hold_probe": lambda: _hold_probe(breaker, side, args.namespace, args.backup),
             "old_gen": lambda: _old_gen(breaker, side, args.namespace),
         }[args.mode]
         run()

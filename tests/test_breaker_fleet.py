@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import redis
 
 from breaker_service import BreakerPolicy, FleetBreaker, Outcome, OutcomeClass, Permit, Scope
 from breaker_service.store.redis import RedisStore
+from fleet.providers.simulated import SimulatedProvider
 from fleet.testing import wait_until
 from fleet.testing.redis_container import RedisContainer
 
@@ -31,12 +33,27 @@ PROV = Scope("prov")
 FAIL = Outcome(OutcomeClass.FAILURE, latency_ms=1.0)
 
 
+@dataclass
+class Sims:
+    """The simulated provider the workers call and the backup that takes rejected calls."""
+
+    provider: SimulatedProvider
+    backup: SimulatedProvider
+
+    def args(self) -> dict[str, str]:
+        return {
+            "provider": f"http://127.0.0.1:{self.provider.port}",
+            "backup": f"http://127.0.0.1:{self.backup.port}",
+        }
+
+
 class Fleet:
     """Worker processes started for one test; every one is killed at teardown."""
 
-    def __init__(self, url: str, tmp: Path) -> None:
+    def __init__(self, url: str, tmp: Path, sims: Sims) -> None:
         self.url = url
         self.tmp = tmp
+        self.sims = sims
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, worker: str, mode: str, policy: BreakerPolicy, **extra: str) -> None:
@@ -45,7 +62,7 @@ class Fleet:
             "--namespace", NS, "--worker", worker, "--mode", mode,
             "--policy", policy.model_dump_json(),
         ]  # fmt: skip
-        for key, value in extra.items():
+        for key, value in {**self.sims.args(), **extra}.items():
             cmd += [f"--{key.replace('_', '-')}", value]
         with (self.tmp / f"{worker}.log").open("wb") as log:
             self.procs[worker] = subprocess.Popen(
@@ -73,8 +90,18 @@ def side(redis_url: str) -> redis.Redis:
 
 
 @pytest.fixture
-def fleet(redis_url: str, tmp_path: Path) -> Iterator[Fleet]:
-    f = Fleet(redis_url, tmp_path)
+def sims() -> Iterator[Sims]:
+    """Healthy providers whose latency (5 ms, backup 10 ms) paces the worker loops."""
+    with (
+        SimulatedProvider(port=0, control_port=0, name="sim-provider", latency_ms=5) as p,
+        SimulatedProvider(port=0, control_port=0, name="sim-backup", latency_ms=10) as b,
+    ):
+        yield Sims(p, b)
+
+
+@pytest.fixture
+def fleet(redis_url: str, tmp_path: Path, sims: Sims) -> Iterator[Fleet]:
+    f = Fleet(redis_url, tmp_path, sims)
     yield f
     f.kill_all()
 
@@ -110,6 +137,7 @@ def test_failing_provider_every_transition_observed_once(fleet: Fleet, side: red
         half_open_successes=1,
         probe_lease_ms=5_000,
     )
+    fleet.sims.provider.set_mode("down")  # every call answers 503
     for i in range(8):
         fleet.start(f"w{i}", "fail", policy)
 
@@ -225,10 +253,10 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 
 def test_paused_redis_every_process_degrades_per_setting(
-    redis_container: RedisContainer, tmp_path: Path
+    redis_container: RedisContainer, tmp_path: Path, sims: Sims
 ) -> None:
     server = redis_container
-    fleet = Fleet(server.url, tmp_path)
+    fleet = Fleet(server.url, tmp_path, sims)
     stop = tmp_path / "stop"
     policy = BreakerPolicy()
     modes = (
