@@ -320,8 +320,9 @@ class JobClient:
 
     def submit_job(self, job: AgentJob) -> JobHandle:
         """Record and queue an already-built job (see :meth:`build_job`)."""
-        if self.store.create(job):
-            self.enqueue(job)
+        dispatch = self.store.create_dispatched(job)
+        if dispatch:
+            self.publish(job, dispatch)
         return JobHandle(self.store, job.job_id)
 
     def submit(
@@ -392,7 +393,10 @@ class JobClient:
                 "created_at_s": time.time(),
             }
         )
-        if self.store.create(nxt) or self.store.state(nxt.job_id) == "queued":
+        dispatch = self.store.create_dispatched(nxt)
+        if dispatch:
+            self.publish(nxt, dispatch)
+        elif self.store.state(nxt.job_id) == "queued":
             self.enqueue(nxt)
         return nxt.job_id
 
@@ -483,7 +487,10 @@ def requeue_job(settings: FleetSettings, job: Mapping[str, Any]) -> None:
         reset_deliveries(settings, client.redis, agent_job.job_id)
         store = client.store
         if store.state(agent_job.job_id) is None:
-            store.create(agent_job)
+            dispatch = store.create_dispatched(agent_job)
+            if dispatch:
+                client.publish(agent_job, dispatch)
+                return
         else:
             store.incr_field(agent_job.job_id, "requeues")
             changed = store.back_to_queued(

@@ -181,15 +181,26 @@ class JobStore:
     # writes -----------------------------------------------------------------------------
     def create(self, job: AgentJob) -> bool:
         """Store a new ``queued`` record for ``job``; False (no change) if it already exists."""
+        return bool(self._create_record(job, stamp=False))
+
+    def create_dispatched(self, job: AgentJob) -> int:
+        """Store a new ``queued`` record that already holds its first dispatch number, in one
+        script call (submit then only publishes). Returns the number; 0 if the record
+        already existed (nothing changed)."""
+        return self._create_record(job, stamp=True)
+
+    def _create_record(self, job: AgentJob, *, stamp: bool) -> int:
         now = _now_ms()
         fields: list[str | int] = ["job", job.model_dump_json(), "created_at_ms", now]
         keys = [self.job_key(job.job_id), self._counts_key(), self._index_key("queued")]
         keys.append(self._all_key())
+        if stamp:
+            keys.append(self._seq_key(job.queue))
         created = self._call(
             f"create job {job.job_id}",
             lambda: self._create(keys=keys, args=[job.job_id, now, *fields]),
         )
-        return bool(created)
+        return int(created)
 
     def transition(
         self,

@@ -76,6 +76,16 @@ def test_each_publish_takes_the_next_dispatch_number_of_the_queue(jobs: JobClien
     assert _queued_task_ids(jobs) == [task_id(b.job_id, db), task_id(a.job_id, da)]
 
 
+def test_submit_takes_its_dispatch_number_inside_the_create_script(jobs: JobClient) -> None:
+    jobs.submit(AGENT, {"topic": "warm-up"})  # loads the scripts
+    jobs.redis.config_resetstat()
+    jobs.submit(AGENT, {"topic": "counted"})
+    stats = jobs.redis.info("commandstats")
+    scripts = sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+    assert scripts == 1  # record + index + counter + dispatch number: one round trip
+    assert int(stats["cmdstat_lpush"]["calls"]) == 1  # and the publish
+
+
 def test_lost_queued_job_is_redispatched_once(jobs: JobClient, broker: redis.Redis) -> None:
     handle = jobs.submit(AGENT, {"topic": "t"})
     before = jobs.store.get(handle.job_id)
