@@ -198,8 +198,10 @@ class FleetClient:
         prompt_tokens = estimate_prompt_tokens(ctx.messages)
         attempts: list[Attempt] = []
         retry_after: list[float] = []
+        too_long = 0  # candidates skipped for their context window (not for configuration)
         for model in route.candidates:
             if prompt_tokens + max_tokens > model.context_window:
+                too_long += 1
                 attempt = Attempt(
                     model=model.key,
                     provider=model.provider,
@@ -230,7 +232,7 @@ class FleetClient:
                     prompt_estimate=prompt_tokens,
                     attempts=attempts,
                 )
-        if attempts and all(a.outcome == "skipped" for a in attempts):
+        if too_long == len(route.candidates):
             raise ContextLengthExceeded(
                 f"task {ctx.task_type!r}: prompt ~{prompt_tokens} tokens + max_tokens "
                 f"{max_tokens} fit no model of preset {route.preset!r} "

@@ -136,6 +136,30 @@ def test_prompt_over_the_primary_window_skips_to_a_larger_backup(
     assert local_fleet.primary.stats()["total_requests"] == 0
 
 
+def test_every_key_missing_is_all_routes_failed_not_the_callers_prompt(
+    local_fleet: LocalFleet,
+) -> None:
+    """A skip for configuration (no API key) is not a prompt that fits no model: the job
+    must go to its failure policy, not be failed as the caller's fault."""
+    registry = local_fleet.registry()
+    providers = {
+        name: registry.provider(name).model_copy(
+            update={"kind": "openai", "api_key_env": f"FLEET_TEST_UNSET_{i}_KEY"}
+        )
+        for i, name in enumerate(("sim-primary", "sim-backup"))
+    }
+    registry = registry.model_copy(update={"providers": {**registry.providers, **providers}})
+    with (
+        FleetClient(local_fleet.settings, registry=registry) as client,
+        pytest.raises(AllRoutesFailed) as info,
+    ):
+        client.llm_call("data_collection", MESSAGES)
+    assert not isinstance(info.value, ContextLengthExceeded)
+    assert [a.outcome for a in info.value.attempts] == ["skipped", "skipped"]
+    assert all("FLEET_TEST_UNSET_" in a.detail for a in info.value.attempts)
+    assert local_fleet.primary.stats()["total_requests"] == 0
+
+
 @pytest.mark.parametrize("mode", ["hang", "slow"])
 def test_hung_or_slow_provider_is_cut_at_the_deadline(local_fleet: LocalFleet, mode: str) -> None:
     local_fleet.primary.set_mode(mode)
