@@ -484,20 +484,20 @@ def requeue_job(settings: FleetSettings, job: Mapping[str, Any]) -> None:
     """
     agent_job = AgentJob.model_validate(dict(job))
     with JobClient(settings) as client:
-        reset_deliveries(settings, client.redis, agent_job.job_id)
         store = client.store
         if store.state(agent_job.job_id) is None:
             dispatch = store.create_dispatched(agent_job)
             if dispatch:
+                reset_deliveries(settings, client.redis, agent_job.job_id)
                 client.publish(agent_job, dispatch)
                 return
-        else:
-            store.incr_field(agent_job.job_id, "requeues")
-            changed = store.back_to_queued(
-                agent_job.job_id,
-                allowed_from=("escalated", "failed", "cancelled", "queued"),
-                fields={"retry_later_count": 0, "error": "", "policy": "", "policy_reason": ""},
-            )
-            if not changed:
-                return
+        changed = store.back_to_queued(
+            agent_job.job_id,
+            allowed_from=("escalated", "failed", "cancelled", "queued"),
+            fields={"retry_later_count": 0, "error": "", "policy": "", "policy_reason": ""},
+        )
+        if not changed:  # running or succeeded: its budget and counters stay as they are
+            return
+        store.incr_field(agent_job.job_id, "requeues")
+        reset_deliveries(settings, client.redis, agent_job.job_id)
         client.enqueue(agent_job)

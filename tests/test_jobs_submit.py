@@ -173,6 +173,19 @@ def test_requeue_never_reopens_a_succeeded_job(
     assert queued_messages(jobs) == 1
 
 
+def test_requeue_of_a_running_job_changes_nothing(
+    jobs: JobClient, fleet_settings: FleetSettings
+) -> None:
+    handle = jobs.submit("research.research", {"topic": "x"})
+    assert count_delivery(fleet_settings, jobs.redis, handle.job_id) == 1
+    jobs.store.mark_running(handle.job_id, worker="w", delivery=1)
+    requeue_job(fleet_settings, handle.status().job)
+    record = handle.status()
+    assert (record.state, record.requeues) == ("running", 0)
+    assert jobs.redis.get(deliveries_key(fleet_settings, handle.job_id)) == b"1"  # budget kept
+    assert queued_messages(jobs) == 1
+
+
 def test_agent_job_schema_is_strict() -> None:
     with pytest.raises(ValueError, match="extra"):
         AgentJob.model_validate({"agent": "a", "task_type": "t", "payload": {}, "surprise": 1})
