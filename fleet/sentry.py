@@ -23,7 +23,6 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -31,6 +30,7 @@ import sentry_sdk
 from sentry_sdk.transport import Transport
 
 from breaker_service.listeners import BreakerListener, TransitionSource
+from fleet.registry_validate import SHIPPED
 from fleet.settings import FleetSettings
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ _MIN_SECRET_LEN = 6  # shorter values would blank out ordinary words
 def registry_key_envs(settings: FleetSettings) -> set[str]:
     """The ``api_key_env`` names of every provider in the registry file (read as plain TOML,
     so a registry that fails validation or lacks a key still yields its names)."""
-    path = settings.registry_path or Path(__file__).with_name("data") / "registry.toml"
+    path = settings.registry_path or SHIPPED
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:

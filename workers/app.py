@@ -20,6 +20,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from fleet.dispatch import broker_prefix
 from fleet.settings import FleetSettings
 from workers.catalog import AGENTS_QUEUE, ESCALATION_QUEUE
 from workers.sweep import sweeper_step
@@ -33,7 +34,7 @@ def transport_options(settings: FleetSettings) -> dict[str, Any]:
     """Kombu Redis transport options shared by every process of a fleet."""
     return {
         "visibility_timeout": settings.visibility_timeout_s,
-        "global_keyprefix": f"{settings.namespace}:celery:",
+        "global_keyprefix": broker_prefix(settings),  # the sweeper reads these keys too
         # Sweep for messages of dead workers every RESTORE_INTERVAL_S (kombu's default
         # throttle would make it 10x longer).
         "unacked_restore_interval": RESTORE_INTERVAL_S,

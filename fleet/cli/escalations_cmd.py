@@ -10,10 +10,8 @@ configuration error, 3 Redis unavailable.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import re
-import socket
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -22,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from breaker_service.control import default_actor
 from fleet.errors import (
     ConfigError,
     EscalationConflict,
@@ -58,14 +57,6 @@ def _check_status(value: str) -> str:
     if value not in _STATUSES:
         raise typer.BadParameter(f"{value!r} is not a status: use {', '.join(_STATUSES)}")
     return value
-
-
-def _default_actor() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "cli"
-    return f"{user}@{socket.gethostname()}"
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -277,7 +268,7 @@ def requeue_cmd(
         raise typer.BadParameter("filters only apply with --matching")
     if force and entry_id is None:
         raise typer.BadParameter("--force only applies to one entry ID")
-    who = actor or _default_actor()
+    who = actor or default_actor()
     with _exit_codes(), _queue() as queue:
         if entry_id is not None:
             done = [queue.requeue(entry_id, actor=who, force=force)]
@@ -297,7 +288,7 @@ def resolve_cmd(
 ) -> None:
     """Mark an entry handled by a person, with a note."""
     with _exit_codes(), _queue() as queue:
-        entry = queue.resolve(entry_id, note=note, actor=actor or _default_actor())
+        entry = queue.resolve(entry_id, note=note, actor=actor or default_actor())
     if as_json:
         typer.echo(entry.model_dump_json())
         return

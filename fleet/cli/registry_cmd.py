@@ -8,8 +8,6 @@ preset or flag); 3 Redis did not answer (``preset`` commands).
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from breaker_service.control import default_actor
 from fleet.cost import Estimate, estimate
 from fleet.errors import ConfigError, StateUnavailable
 from fleet.presets import ActivePreset, PresetStore
@@ -241,12 +240,6 @@ def _estimate(
     Console().print(_estimate_table(result))
 
 
-def _actor() -> str:
-    return (
-        f"{os.environ.get('USER') or os.environ.get('LOGNAME') or 'unknown'}@{socket.gethostname()}"
-    )
-
-
 def _record(active: ActivePreset) -> dict[str, Any]:
     return active.model_dump(mode="json")
 
@@ -268,7 +261,9 @@ def _use(
     settings = _settings()
     registry = _registry(registry_path, settings)
     with _store(settings, registry) as store:
-        record = store.use(name, actor=_actor(), reason=reason, check_credentials=check_credentials)
+        record = store.use(
+            name, actor=default_actor(), reason=reason, check_credentials=check_credentials
+        )
     if as_json:
         _print_json(_record(record))
         return
