@@ -61,7 +61,7 @@ class Outcome:
     detail: str = ""
 
 
-def classify(  # noqa: PLR0911 - one return per row of the table
+def classify(
     *, status: int | None = None, transport_error: TransportError | None = None
 ) -> OutcomeClass:
     """Classify a provider answer: an HTTP ``status``, or a ``transport_error`` when none came.
@@ -82,8 +82,7 @@ def classify(  # noqa: PLR0911 - one return per row of the table
         return OutcomeClass.CREDENTIAL
     if status in CALLER_FAULT_STATUSES:
         return OutcomeClass.IGNORED
-    if status >= 500 or status == 408:
-        return OutcomeClass.FAILURE
-    # Any other 4xx (e.g. 402 payment required, 451) is a property of the request or account
-    # that a backup on another provider may not share: count it, so the route moves on.
+    # 5xx and 408 are the provider failing. Any other 4xx (e.g. 402 payment required, 451) is
+    # a property of the request or account that a backup on another provider may not share:
+    # count it too, so the route moves on.
     return OutcomeClass.FAILURE

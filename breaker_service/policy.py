@@ -66,8 +66,6 @@ class BreakerPolicy(BaseModel):
             raise ValueError(
                 f"window_ms ({self.window_ms}) must be a multiple of buckets ({self.buckets})"
             )
-        if self.half_open_successes < 1 or self.half_open_max_probes < 1:
-            raise ValueError("half_open_successes and half_open_max_probes must be >= 1")
         return self
 
     @property

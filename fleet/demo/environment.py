@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from contextlib import ExitStack
@@ -51,6 +50,8 @@ class DemoEnvironment:
         return self
 
     def _start(self) -> None:
+        # first registered, so removed last: after workers, providers and Redis stopped
+        self._stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         redis_server = self._stack.enter_context(EmbeddedRedis(workdir=self.workdir / "redis"))
         primary_port, backup_port = free_port(), free_port()
         for port, name in ((primary_port, "sim-primary"), (backup_port, "sim-backup")):
@@ -73,13 +74,9 @@ class DemoEnvironment:
         self.settings = FleetSettings.load(
             redis_url=redis_server.url, namespace=self.namespace, registry_path=registry_path
         )
-        # Worker processes inherit the environment: drop FLEET_* that would override ours.
-        for key in [k for k in os.environ if k.startswith("FLEET_") and k not in env]:
-            env[key] = os.environ[key]
         self.pool = CeleryWorkers(env=env, concurrency=1)
         self._stack.callback(self.pool.stop)
         self.pool.start(self.workers)
-        self._stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
 
     def __exit__(
         self,

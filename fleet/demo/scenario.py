@@ -164,7 +164,7 @@ def _submit_tick(jobs: JobClient, n: int) -> None:
         jobs.submit("extract.fields", text)
 
 
-def _settled(jobs: JobClient, escalations: EscalationQueue) -> bool:
+def _settled(jobs: JobClient) -> bool:
     sizes = jobs.store.state_sizes()
     return sizes.get("queued", 0) == 0 and sizes.get("running", 0) == 0
 
@@ -207,7 +207,7 @@ def run_demo(
             while time.monotonic() < deadline:
                 on_frame(observer.snapshot("settling", time.monotonic() - started, pipelines,
                                            jobs, escalations))  # fmt: skip
-                if _settled(jobs, escalations):
+                if _settled(jobs):
                     open_entries = escalations.count(status="open")
                     if open_entries and not operator_step_done:
                         say(f"operator: requeueing {open_entries} escalations that have no "
@@ -219,7 +219,7 @@ def run_demo(
                 time.sleep(0.25)
             report = _report(
                 observer, jobs, escalations, pipelines,
-                settled=_settled(jobs, escalations),
+                settled=_settled(jobs),
                 auto_replayed=auto_replayed_before,
                 requeued_by_operator=requeued_by_operator,
                 elapsed_s=time.monotonic() - started,

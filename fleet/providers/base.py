@@ -30,9 +30,6 @@ from fleet.providers.http import RawResponse, send_json
 
 logger = logging.getLogger("fleet.providers")
 
-CALLER_FAULTS = ("context_length", "content_policy", "bad_request")
-"""Values of ``ProviderError.caller_fault`` for requests that are the caller's fault."""
-
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
     "context_length",
