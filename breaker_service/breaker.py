@@ -314,7 +314,7 @@ class FleetBreaker:
         try:
             yield decision
         except BaseException as exc:
-            self.record(decision, _outcome_of(exc, (time.monotonic() - started) * 1000))
+            self.record(decision, outcome_of(exc, (time.monotonic() - started) * 1000))
             raise
         self.record(decision, Outcome(OutcomeClass.SUCCESS, (time.monotonic() - started) * 1000))
 
@@ -436,7 +436,11 @@ class FleetBreaker:
         self._notify("on_store_recovered", degraded_s=degraded_s)
 
 
-def _outcome_of(exc: BaseException, latency_ms: float) -> Outcome:
+def outcome_of(exc: BaseException, latency_ms: float) -> Outcome:
+    """The breaker outcome of a failed call: the error's ``outcome`` class (FAILURE when it has
+    none or an unknown one), its ``retry_after_s``, ``status`` and measured ``latency_ms``
+    (else ``latency_ms``). Errors that are not ``Exception`` (KeyboardInterrupt...) are
+    IGNORED."""
     if not isinstance(exc, Exception):
         return Outcome(OutcomeClass.IGNORED, latency_ms, detail=type(exc).__name__)
     raw = getattr(exc, "outcome", None)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from breaker_service.breaker import FleetBreaker, Permit, Rejection
+from breaker_service.breaker import FleetBreaker, Permit, Rejection, outcome_of
 from breaker_service.outcomes import Outcome, OutcomeClass
 from breaker_service.scope import Scope
 from fleet.errors import (
@@ -137,13 +137,9 @@ class CandidateCaller:
         exc: ProviderError,
         started: float,
     ) -> CandidateOutcome:
-        latency_ms = exc.latency_ms or (time.monotonic() - started) * 1000
-        cls = OutcomeClass(exc.outcome)
-        retry_after_ms = int(exc.retry_after_s * 1000) if exc.retry_after_s is not None else None
-        self.breaker.record(
-            permit,
-            Outcome(cls, latency_ms=latency_ms, retry_after_ms=retry_after_ms, status=exc.status),
-        )
+        outcome = outcome_of(exc, (time.monotonic() - started) * 1000)
+        self.breaker.record(permit, outcome)
+        cls, latency_ms = outcome.cls, outcome.latency_ms
         detail = str(exc)
         if cls is OutcomeClass.CREDENTIAL:
             detail = (
