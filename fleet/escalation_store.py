@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import redis
 
 from fleet.errors import StateUnavailable
+from fleet.redis_client import load_lua
 from fleet.settings import FleetSettings
 
 Status = Literal["open", "requeued", "resolved"]
@@ -33,12 +33,6 @@ STATUSES: tuple[Status, ...] = ("open", "requeued", "resolved")
 
 Fields = dict[str, str]
 """One entry hash, decoded to text."""
-
-
-def _lua(name: str) -> str:
-    # Shipped as package data next to this module; a plain path also works with editable
-    # installs, where importlib.resources on Python 3.11 trips over the finder's path hook.
-    return (Path(__file__).with_name("lua") / name).read_text(encoding="utf-8")
 
 
 @contextmanager
@@ -62,8 +56,8 @@ class EscalationStore:
     def __init__(self, settings: FleetSettings, client: redis.Redis) -> None:
         self._settings = settings
         self._redis = client
-        self._transition = client.register_script(_lua("esc_transition.lua"))
-        self._purge = client.register_script(_lua("esc_purge.lua"))
+        self._transition = client.register_script(load_lua("esc_transition.lua"))
+        self._purge = client.register_script(load_lua("esc_purge.lua"))
 
     # -- keys -----------------------------------------------------------------------------
     def entry_key(self, entry_id: str) -> str:

@@ -21,13 +21,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict
 
 from fleet.errors import JobNotFound, StateUnavailable
+from fleet.redis_client import load_lua
 from fleet.settings import FleetSettings
 from fleet.types import Attempt
 
@@ -48,10 +48,6 @@ STATES: tuple[JobState, ...] = (
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "escalated", "failed", "cancelled"})
 ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
 T = TypeVar("T")
-
-
-def _lua(name: str) -> str:
-    return resources.files("fleet").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 def _now_ms() -> int:
@@ -148,10 +144,10 @@ class JobStore:
     def __init__(self, settings: FleetSettings, redis_client: redis.Redis) -> None:
         self.settings = settings
         self.redis = redis_client
-        self._create = redis_client.register_script(_lua("job_create.lua"))
-        self._transition = redis_client.register_script(_lua("job_transition.lua"))
-        self._stamp = redis_client.register_script(_lua("job_stamp.lua"))
-        self._redispatch = redis_client.register_script(_lua("job_redispatch.lua"))
+        self._create = redis_client.register_script(load_lua("job_create.lua"))
+        self._transition = redis_client.register_script(load_lua("job_transition.lua"))
+        self._stamp = redis_client.register_script(load_lua("job_stamp.lua"))
+        self._redispatch = redis_client.register_script(load_lua("job_redispatch.lua"))
 
     # keys -------------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -372,6 +368,23 @@ class JobStore:
             raise JobNotFound(f"no job with id {job_id!r} in namespace {self.settings.namespace!r}")
         return _record(job_id, {k.decode(): v.decode() for k, v in raw.items()})
 
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord]:
+        """The records of ``job_ids`` in one pipelined round trip, in order; ids without a
+        record are left out."""
+
+        def read() -> list[dict[bytes, bytes]]:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hgetall(self.job_key(job_id))
+            return cast("list[dict[bytes, bytes]]", pipe.execute())
+
+        raws = self._call(f"read {len(job_ids)} jobs", read) if job_ids else []
+        return [
+            _record(job_id, {k.decode(): v.decode() for k, v in raw.items()})
+            for job_id, raw in zip(job_ids, raws, strict=True)
+            if raw
+        ]
+
     def admission(self, job_id: str) -> tuple[str | None, int]:
         """``(state, dispatch)`` of ``job_id`` in one read; ``(None, 0)`` without a record."""
         raw = self._call(
@@ -414,13 +427,7 @@ class JobStore:
             "list jobs",
             lambda: cast("list[bytes]", self.redis.zrevrange(key, 0, max(limit, 1) - 1)),
         )
-        records = []
-        for raw_id in ids:
-            try:
-                records.append(self.get(raw_id.decode()))
-            except JobNotFound:
-                continue
-        return records
+        return self.get_many([i.decode() for i in ids])
 
     def counts(self) -> dict[str, int]:
         """``submitted`` and one counter per terminal state (missing ones are 0)."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 
 from breaker_service.policy import BreakerPolicy
+from fleet.registry_validate import SHIPPED
 
 PRIMARY_URL = "http://127.0.0.1:8701/v1"
 BACKUP_URL = "http://127.0.0.1:8702/v1"
@@ -22,7 +22,7 @@ _BREAKER_TABLE = re.compile(r"^\[breaker\]\n(?:[^\[\n].*\n|\n)*", re.MULTILINE)
 
 def shipped_registry_text() -> str:
     """The TOML text of the shipped registry (``fleet/data/registry.toml``)."""
-    return resources.files("fleet").joinpath("data/registry.toml").read_text(encoding="utf-8")
+    return SHIPPED.read_text(encoding="utf-8")
 
 
 def _breaker_toml(policy: BreakerPolicy) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import redis
 
 from fleet.settings import FleetSettings
@@ -21,3 +23,12 @@ def make_redis(settings: FleetSettings, *, url: str | None = None) -> redis.Redi
         health_check_interval=30,
         retry_on_timeout=False,
     )
+
+
+def load_lua(name: str) -> str:
+    """The text of the Lua script ``fleet/lua/<name>`` (shipped as package data).
+
+    Read by path: with editable installs on Python 3.11, ``importlib.resources`` can trip over
+    the finder's path hook when ``fleet`` resolves as a namespace package.
+    """
+    return (Path(__file__).with_name("lua") / name).read_text(encoding="utf-8")

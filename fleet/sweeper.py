@@ -31,9 +31,9 @@ from typing import Literal
 import redis
 
 from fleet.dispatch import BrokerView
-from fleet.errors import JobNotFound, StateUnavailable
+from fleet.errors import StateUnavailable
 from fleet.jobs import AgentJob, JobClient
-from fleet.jobstore import JobRecord
+from fleet.jobstore import JobRecord, JobState
 from fleet.settings import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -119,25 +119,16 @@ class JobSweeper:
         except redis.RedisError as exc:
             raise StateUnavailable(f"sweeper: cannot take the lease {key}: {exc}") from exc
 
-    def _records(self, ids: list[str]) -> list[JobRecord]:
-        records = []
-        for job_id in ids:
-            try:
-                records.append(self.store.get(job_id))
-            except JobNotFound:
-                continue
-        return records
+    def _untouched(self, state: JobState, before_ms: int) -> list[JobRecord]:
+        ids = self.store.untouched_since(state, before_ms, limit=self.batch)
+        return self.store.get_many(ids)  # one pipelined read for the whole batch
 
     def sweep(self, *, dry_run: bool = False) -> SweepReport:
         """One pass over stale running and queued jobs; returns what it found and did."""
         now_s = self.clock()
         report = SweepReport(dry_run=dry_run)
         running_cut = int((now_s - self.running_threshold_s) * 1000)
-        running = (
-            self._records(self.store.untouched_since("running", running_cut, limit=self.batch))
-            if self.running_rule
-            else []
-        )
+        running = self._untouched("running", running_cut) if self.running_rule else []
         report.running_checked = len(running)
         for rec in running:
             self._redispatch(
@@ -145,7 +136,7 @@ class JobSweeper:
             )
 
         queued_cut = int((now_s - self.settings.sweep_grace_s) * 1000)
-        queued = self._records(self.store.untouched_since("queued", queued_cut, limit=self.batch))
+        queued = self._untouched("queued", queued_cut)
         report.queued_checked = len(queued)
         if queued:
             held = self.broker.held_jobs()
