@@ -32,7 +32,14 @@ def steps_key(settings: FleetSettings, job_id: str) -> str:
 def completed_steps(
     settings: FleetSettings, redis_client: redis.Redis, job_id: str
 ) -> dict[int, LLMResult]:
-    """Every completed step of ``job_id`` (step number -> result); raises StateUnavailable."""
+    """Every completed step of ``job_id`` (step number -> result); raises StateUnavailable.
+
+    Inside that job's execution the steps the step cache already holds are used (no round
+    trip); otherwise one ``HGETALL``.
+    """
+    job = current_job()
+    if job is not None and job.job_id == job_id and job.paid_steps is not None:
+        return {k: LLMResult.model_validate_json(v) for k, v in job.paid_steps.items()}
     try:
         raw = cast("dict[bytes, bytes]", redis_client.hgetall(steps_key(settings, job_id)))
     except redis.RedisError as exc:
@@ -104,12 +111,18 @@ class StepCacheMiddleware(LLMMiddleware):
         if job is not None and job.paid_steps is not None and ctx.step in job.paid_steps:
             return  # answered from the cache: already stored
         key = steps_key(self.settings, ctx.job_id)
+        body = result.model_dump_json()
         try:
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hsetnx(key, str(ctx.step), result.model_dump_json())
+            pipe.hsetnx(key, str(ctx.step), body)
             pipe.expire(key, STEP_TTL_S)
-            pipe.execute()
+            stored, _ = pipe.execute()
         except redis.RedisError as exc:
             raise StateUnavailable(
                 f"step cache: cannot store job {ctx.job_id} step {ctx.step}: {exc}"
             ) from exc
+        if job is not None and job.job_id == ctx.job_id and job.paid_steps is not None:
+            if stored:
+                job.paid_steps[ctx.step] = body.encode()
+            else:  # a concurrent delivery stored this step first: read the truth when settling
+                job.paid_steps = None

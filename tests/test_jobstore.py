@@ -13,7 +13,7 @@ from fleet.jobstore import JobStore
 from fleet.middleware import CallContext
 from fleet.redis_client import make_redis
 from fleet.settings import FleetSettings
-from fleet.stepcache import StepCacheMiddleware, completed_steps
+from fleet.stepcache import StepCacheMiddleware, completed_steps, steps_key
 from fleet.testing import free_port
 from fleet.testing.redis_container import RedisContainer
 from fleet.types import Attempt, LLMResult, Usage
@@ -210,11 +210,31 @@ def test_a_job_execution_reads_its_paid_steps_once(fleet_settings: FleetSettings
         answers = [cache.before_call(c) for c in steps]
         cache.after_call(steps[0], paid)  # a cached answer is not written again
         cache.after_call(steps[1], _result("new"))
+        settled_with = completed_steps(fleet_settings, client, job_id)  # the job's history
     hgetall, hget = (a - b for a, b in zip(reads(), before, strict=True))
     assert answers == [paid, None, None]
-    # one HGETALL for the whole execution (plus the INFO calls themselves are not HGETs)
+    # one HGETALL for the whole execution, settlement included (INFO calls are not HGETs)
     assert (hgetall, hget) == (1, 0)
-    assert completed_steps(fleet_settings, client, job_id) == {0: paid, 1: _result("new")}
+    assert settled_with == {0: paid, 1: _result("new")}
+    assert completed_steps(fleet_settings, client, job_id) == settled_with
+
+
+def test_a_step_stored_first_by_another_delivery_is_read_back(
+    fleet_settings: FleetSettings,
+) -> None:
+    client = make_redis(fleet_settings)
+    cache = StepCacheMiddleware(fleet_settings, client)
+    job_id = "d" * 32
+    theirs, ours = _result("theirs"), _result("ours")
+    with job_scope(JobContext(job_id)) as job:
+        ctx = CallContext(task_type="data_collection", messages=[], job_id=job_id, step=0)
+        assert cache.before_call(ctx) is None  # nothing paid yet: reads the (empty) steps
+        job.next_step()
+        # a concurrent delivery of the same job (another process) stores step 0 first
+        client.hset(steps_key(fleet_settings, job_id), "0", theirs.model_dump_json())
+        cache.after_call(ctx, ours)  # HSETNX loses: the stored answer is theirs
+        assert job.paid_steps is None  # so settling reads the truth back
+        assert completed_steps(fleet_settings, client, job_id) == {0: theirs}
 
 
 def test_job_scope_numbers_steps_and_restores() -> None:

@@ -203,15 +203,15 @@ def execute_job(rt: WorkerRuntime, data: dict[str, Any], dispatch: int | None = 
     if run is None:
         return "refused"
     ctx = JobContext(job.job_id, job.session_id, job.workflow_id, job.task_type)
-    try:
-        with job_scope(ctx):
+    with job_scope(ctx):  # settled inside the scope: the history reuses the steps it holds
+        try:
             output = _jsonable(run())
-    except StateUnavailable:
-        raise
-    except Exception as exc:
-        return _settle_error(rt, job, exc)
-    if policy.succeed(rt, job, output):
-        rt.jobs.enqueue_next(job, output)
+        except StateUnavailable:
+            raise
+        except Exception as exc:
+            return _settle_error(rt, job, exc)
+        if policy.succeed(rt, job, output):
+            rt.jobs.enqueue_next(job, output)
     return "succeeded"
 
 
