@@ -40,6 +40,8 @@ from workers.redelivery import reset_deliveries
 if TYPE_CHECKING:
     from celery import Celery
 
+    from fleet.registry import Registry
+
 MAX_PAYLOAD_BYTES = 256 * 1024
 TASK_NAME = "fleet.run_agent_job"
 _PIPELINE_NS = uuid.UUID("6f1c2d1e-3a7b-4c55-9d0e-0a6f1e2b3c4d")
@@ -201,6 +203,7 @@ class JobClient:
         redis_client: redis.Redis | None = None,
         catalog: AgentCatalog | None = None,
         app: Celery | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.settings = settings or FleetSettings.load()
         self._owns_redis = redis_client is None
@@ -209,7 +212,7 @@ class JobClient:
         self.catalog = catalog or load_catalog(self.settings)
         self._app = app
         self._owns_app = app is None
-        self._known_task_types: set[str] = set()
+        self._registry = registry
 
     @property
     def app(self) -> Celery:
@@ -247,12 +250,12 @@ class JobClient:
         return spec
 
     def _check_task_type(self, spec: AgentSpec) -> None:
-        if spec.task_type in self._known_task_types:
-            return
-        from fleet.registry import load_registry  # noqa: PLC0415 - registry loads on first use
-
         try:
-            load_registry(self.settings.registry_path).task(spec.task_type)
+            if self._registry is None:  # loaded (and validated) once, on the first submit
+                from fleet.registry import load_registry  # noqa: PLC0415
+
+                self._registry = load_registry(self.settings.registry_path)
+            self._registry.task(spec.task_type)
         except UnknownTaskType as exc:
             raise SubmitError(
                 f"task_type: agent {spec.name!r} uses task type {spec.task_type!r}, which the "
@@ -260,7 +263,6 @@ class JobClient:
             ) from exc
         except ConfigError as exc:
             raise SubmitError(f"task_type: cannot check {spec.task_type!r}: {exc}") from exc
-        self._known_task_types.add(spec.task_type)
 
     def _payload(self, spec: AgentSpec, payload: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(payload, Mapping):

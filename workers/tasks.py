@@ -100,7 +100,9 @@ def build_runtime(settings: FleetSettings, app: Celery) -> WorkerRuntime:
         breaker_listeners=listeners,
     )
     set_default_client(fleet_client)
-    jobs = JobClient(settings, redis_client=client, catalog=load_catalog(settings), app=app)
+    jobs = JobClient(
+        settings, redis_client=client, catalog=load_catalog(settings), app=app, registry=registry
+    )
     log.info(
         "worker runtime ready worker=%s agents=%s sentry=%s auto_replay=on",
         settings.worker_id,
