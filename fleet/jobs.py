@@ -378,7 +378,12 @@ class JobClient:
         return PipelineHandle(workflow, [JobHandle(self.store, i) for i in ids])
 
     def enqueue_next(self, job: AgentJob, output: Any) -> str | None:
-        """Queue the pipeline step after ``job`` with ``output`` as payload (idempotent)."""
+        """Queue the pipeline step after ``job`` with ``output`` as payload (idempotent).
+
+        A missing next step is created and published; one still queued is published again
+        (a new dispatch supersedes its older message); one that runs or ended is left alone.
+        Returns the next step's id, or None at the end of the pipeline.
+        """
         if not job.next_agents:
             return None
         spec = self.catalog.get(job.next_agents[0])
@@ -401,11 +406,6 @@ class JobClient:
         elif self.store.state(nxt.job_id) == "queued":
             self.enqueue(nxt)
         return nxt.job_id
-
-    def ensure_next(self, job: AgentJob, output: Any) -> None:
-        """Queue the next pipeline step unless it was already queued and started."""
-        if job.next_agents and self.store.state(next_job_id(job.job_id)) in (None, "queued"):
-            self.enqueue_next(job, output)
 
     def cancel(self, job_id: str, *, reason: str = "cancelled by request") -> bool:
         """Cancel a ``queued`` job (its message is then acked without running). False when

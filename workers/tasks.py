@@ -149,7 +149,7 @@ def _admit(rt: WorkerRuntime, job: AgentJob, dispatch: int | None) -> str | None
         )
         if state == "succeeded" and job.next_agents:
             # the previous delivery may have died between settling and queueing the next step
-            rt.jobs.ensure_next(job, store.get(job.job_id).result)
+            rt.jobs.enqueue_next(job, store.get(job.job_id).result)
         return "duplicate"
     guard = dispatch if dispatch is not None and current else None
     if guard is not None and guard != current:
