@@ -18,11 +18,14 @@ from breaker_service.errors import PolicyError
 from breaker_service.events import BreakerEvent, EventLog
 from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
-from breaker_service.store.base import BreakerStore, ControlAction, Transition
+from breaker_service.store.base import (
+    BreakerStore,
+    ControlAction,
+    Transition,
+    check_control_action,
+)
 
 log = logging.getLogger(__name__)
-
-CONTROL_ACTIONS: tuple[ControlAction, ...] = ("force_open", "force_closed", "disable", "reset")
 
 
 def default_actor() -> str:
@@ -60,10 +63,7 @@ class BreakerControl:
         Raises StoreUnavailable when Redis does not answer (nothing was changed, or the
         change was made but the audit event could not be written: the message says which).
         """
-        if action not in CONTROL_ACTIONS:
-            raise PolicyError(
-                f"control action {action!r} is unknown: use one of {', '.join(CONTROL_ACTIONS)}"
-            )
+        check_control_action(action)
         if not reason or not reason.strip():
             raise PolicyError("reason is required: say why (e.g. --reason 'provider incident 42')")
         who = actor or default_actor()

@@ -72,7 +72,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from breaker_service.errors import PolicyError
 from breaker_service.outcomes import Outcome, OutcomeClass
@@ -97,6 +97,25 @@ Trigger = Literal[
 
 ControlAction = Literal["force_open", "force_closed", "disable", "reset"]
 """Operator actions accepted by :meth:`BreakerStore.control`."""
+
+CONTROL_TARGET: dict[ControlAction, State] = {
+    "force_open": "forced_open",
+    "force_closed": "forced_closed",
+    "disable": "disabled",
+    "reset": "closed",
+}
+"""The state each control action puts a scope in (control.lua holds the same table)."""
+
+CONTROL_ACTIONS: tuple[ControlAction, ...] = get_args(ControlAction)
+
+
+def check_control_action(action: str) -> None:
+    """Raise PolicyError unless ``action`` is one of :data:`CONTROL_ACTIONS`."""
+    if action not in CONTROL_ACTIONS:
+        raise PolicyError(
+            f"control action {action!r} is unknown: use one of {', '.join(CONTROL_ACTIONS)}"
+        )
+
 
 RejectReason = Literal["open", "half_open_full", "forced_open", "credential", "suspect_full"]
 """Why :meth:`BreakerStore.acquire` rejected a call."""

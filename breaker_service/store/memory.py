@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from breaker_service.errors import PolicyError
 from breaker_service.outcomes import Outcome, OutcomeClass
 from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
 from breaker_service.store._window import SlidingWindow
 from breaker_service.store.base import (
+    CONTROL_TARGET,
     FORCED_OPEN_RETRY_AFTER_MS,
     SUSPECT_RETRY_CAP_MS,
     AcquireResult,
@@ -31,16 +31,10 @@ from breaker_service.store.base import (
     Trigger,
     aggregate_trip_point,
     check_aggregate,
+    check_control_action,
     clamp_jitter,
     suspect_slots,
 )
-
-_CONTROL_TARGET: dict[str, State] = {
-    "force_open": "forced_open",
-    "force_closed": "forced_closed",
-    "disable": "disabled",
-    "reset": "closed",
-}
 
 
 def _monotonic_ms() -> int:
@@ -395,10 +389,7 @@ class MemoryStore(BreakerStore):
 
     def control(self, scope: Scope, policy: BreakerPolicy, action: ControlAction) -> Transition:
         """See :meth:`BreakerStore.control`."""
-        if action not in _CONTROL_TARGET:
-            raise PolicyError(
-                f"control action {action!r} is unknown: use one of {sorted(_CONTROL_TARGET)}"
-            )
+        check_control_action(action)
         with self._lock:
             now = self._now()
             st = self._get(scope, policy, now)
@@ -406,7 +397,7 @@ class MemoryStore(BreakerStore):
                 st.trips = 0
                 st.consecutive = 0
                 st.window.clear(now)
-            return self._move(scope, st, _CONTROL_TARGET[action], ("manual", 0.0, 0.0), now)
+            return self._move(scope, st, CONTROL_TARGET[action], ("manual", 0.0, 0.0), now)
 
     def snapshot(self, scope: Scope, policy: BreakerPolicy) -> ScopeSnapshot:
         """See :meth:`BreakerStore.snapshot`."""

@@ -56,12 +56,12 @@ from breaker_service.store.base import (
     Transition,
     Trigger,
     check_aggregate,
+    check_control_action,
     clamp_jitter,
 )
 
 log = logging.getLogger(__name__)
 
-_CONTROL_ACTIONS = ("force_open", "force_closed", "disable", "reset")
 _POLICY_STRUCT = struct.Struct(">16d")  # the scripts' POLICY format: keep them in step
 
 
@@ -431,10 +431,7 @@ class RedisStore(BreakerStore):
 
     def control(self, scope: Scope, policy: BreakerPolicy, action: ControlAction) -> Transition:
         """See :meth:`BreakerStore.control`: one EVALSHA."""
-        if action not in _CONTROL_ACTIONS:
-            raise PolicyError(
-                f"control action {action!r} is unknown: use one of {list(_CONTROL_ACTIONS)}"
-            )
+        check_control_action(action)
         try:
             row = self._control(keys=[self.key(scope)], args=[action, policy_arg(policy)])
         except redis.RedisError as exc:
