@@ -57,6 +57,7 @@ class CandidateCaller:
         self.breaker = breaker
         self.http = http
         self._clients: dict[str, ProviderClient] = {}
+        self._scopes: dict[str, tuple[Scope, ...]] = {}  # per model key, built (and checked) once
 
     def _client(self, provider: ProviderInfo) -> ProviderClient:
         client = self._clients.get(provider.name)
@@ -76,7 +77,10 @@ class CandidateCaller:
     ) -> CandidateOutcome:
         """Try ``model`` once. Never raises for provider or breaker trouble: it reports it."""
         provider = self.registry.provider(model.provider)
-        decision = self.breaker.acquire(scopes_for(model))
+        scopes = self._scopes.get(model.key)
+        if scopes is None:
+            scopes = self._scopes[model.key] = tuple(scopes_for(model))
+        decision = self.breaker.acquire(scopes)
         if isinstance(decision, Rejection):
             return CandidateOutcome(
                 Attempt(
