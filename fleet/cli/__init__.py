@@ -3,7 +3,7 @@
 Each command group lives in its own module and exposes ``register(app)``. Exit codes scripts
 can rely on: 0 success, 1 operation failed (e.g. a job failed, a check found problems),
 2 usage or configuration error (bad flag, invalid settings or registry), 3 state unavailable
-(Redis did not answer).
+(Redis did not answer); they live in :mod:`fleet.cli._common`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,6 @@ from __future__ import annotations
 import typer
 
 from fleet.cli import breakers_cmd, demo_cmd, escalations_cmd, jobs_cmd, registry_cmd, sim_cmd
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_UNAVAILABLE = 3
 
 
 def build_app() -> typer.Typer:

@@ -26,20 +26,16 @@ from breaker_service.policy import BreakerPolicy
 from breaker_service.scope import Scope
 from breaker_service.store.base import BreakerStore, ControlAction, ScopeSnapshot
 from breaker_service.store.redis import RedisStore
+from fleet.cli._common import EXIT_CONFIG, EXIT_UNAVAILABLE, ActorOpt, JsonOpt
 from fleet.errors import ConfigError
 from fleet.redis_client import make_redis
 from fleet.registry import Registry, load_registry
 from fleet.settings import FleetSettings
 
-EXIT_CONFIG = 2
-EXIT_UNAVAILABLE = 3
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ScopeArg = Annotated[str, typer.Argument(help="Breaker scope: 'provider' or 'provider/model'.")]
 ReasonOpt = Annotated[
     str, typer.Option("--reason", help="Why (required; written to the audit stream).")
 ]
-ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who did it (default: user@host).")]
 
 
 @dataclass

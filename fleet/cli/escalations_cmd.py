@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from breaker_service.control import default_actor
+from fleet.cli._common import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE, ActorOpt, JsonOpt
 from fleet.errors import (
     ConfigError,
     EscalationConflict,
@@ -31,10 +32,6 @@ from fleet.errors import (
 from fleet.escalation import EscalationEntry, EscalationQueue, StatusFilter
 from fleet.redis_client import make_redis
 from fleet.settings import FleetSettings
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_UNAVAILABLE = 3
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -59,7 +56,6 @@ def _check_status(value: str) -> str:
     return value
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 IdArg = Annotated[str, typer.Argument(help="Entry id, as printed by `fleet escalations list`.")]
 ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Only entries with this reason.")]
 TaskTypeOpt = Annotated[
@@ -76,7 +72,6 @@ StatusOpt = Annotated[
     str,
     typer.Option("--status", callback=_check_status, help="open | requeued | resolved | all."),
 ]
-ActorOpt = Annotated[str | None, typer.Option("--actor", help="Who did it (default: user@host).")]
 
 
 @contextlib.contextmanager

@@ -18,14 +18,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fleet.cli._common import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE
 from fleet.errors import ConfigError, JobNotFound, StateUnavailable, SubmitError
 from fleet.jobs import JobClient, JobHandle
 from fleet.jobstore import STATES, TERMINAL_STATES, JobRecord
 from fleet.settings import FleetSettings
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_UNAVAILABLE = 3
 
 console = Console()
 err_console = Console(stderr=True)

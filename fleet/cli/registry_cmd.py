@@ -19,16 +19,13 @@ from rich.console import Console
 from rich.table import Table
 
 from breaker_service.control import default_actor
+from fleet.cli._common import EXIT_CONFIG, EXIT_FAILED, EXIT_UNAVAILABLE, JsonOpt
 from fleet.cost import Estimate, estimate
 from fleet.errors import ConfigError, StateUnavailable
 from fleet.presets import ActivePreset, PresetStore
 from fleet.redis_client import make_redis
 from fleet.registry import Registry, load_registry
 from fleet.settings import FleetSettings
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_UNAVAILABLE = 3
 
 RegistryOpt = Annotated[
     Path | None,
@@ -38,7 +35,6 @@ RegistryOpt = Annotated[
         dir_okay=False,
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 
 
 def _fail(code: int, message: str) -> NoReturn:

@@ -14,10 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from fleet.cli._common import EXIT_CONFIG, EXIT_FAILED, JsonOpt
 from fleet.providers.simulated import MODES, SimControl, SimulatedProvider, serve_until_signalled
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 
 _MODES_HELP = ", ".join(MODES)
 PortOpt = Annotated[int, typer.Option("--port", help="API port of the simulator on 127.0.0.1.")]
@@ -92,7 +90,9 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         if port is None:
-            raise _fail("fleet sim-provider: --port is required to serve (e.g. --port 8100)", 2)
+            raise _fail(
+                "fleet sim-provider: --port is required to serve (e.g. --port 8100)", EXIT_CONFIG
+            )
         try:
             sim = SimulatedProvider(
                 port=port,
@@ -111,7 +111,9 @@ def register(app: typer.Typer) -> None:
         try:
             serve_until_signalled(sim)
         except OSError as exc:
-            raise _fail(f"fleet sim-provider: cannot listen on port {port}: {exc}", 1) from exc
+            raise _fail(
+                f"fleet sim-provider: cannot listen on port {port}: {exc}", EXIT_FAILED
+            ) from exc
 
     @group.command("set-mode")
     def set_mode(
@@ -129,7 +131,7 @@ def register(app: typer.Typer) -> None:
         slow_delay_s: Annotated[
             float | None, typer.Option("--slow-delay-s", help="Delay of 'slow', in seconds.")
         ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """Switch a running simulator's fault mode (e.g. `set-mode --port 8100 flaky --p 0.3`)."""
         try:
@@ -151,7 +153,7 @@ def register(app: typer.Typer) -> None:
         *,
         port: PortOpt,
         control_port: ControlOpt = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+        as_json: JsonOpt = False,
         reset: Annotated[
             bool, typer.Option("--reset", help="Zero the counters after reading them.")
         ] = False,
