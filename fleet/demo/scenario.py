@@ -6,10 +6,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
-import redis
-
+from breaker_service.events import BreakerEvent, EventLog
 from breaker_service.scope import Scope
 from breaker_service.store.base import ScopeSnapshot
 from breaker_service.store.redis import RedisStore
@@ -69,7 +67,7 @@ class Snapshot:
     providers: dict[str, dict[str, object]]
     jobs: dict[str, int]
     escalations_open: int
-    events: list[dict[str, str]]
+    events: list[BreakerEvent]
     submitted_pipelines: int
 
 
@@ -108,7 +106,7 @@ class Observer:
         self.settings = settings
         self.registry = registry
         self.redis = make_redis(settings)
-        self.text = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self.events = EventLog(self.redis, namespace=settings.namespace)
         self.store = RedisStore(self.redis, namespace=settings.namespace)
         self.controls = {"sim-primary": primary, "sim-backup": backup}
         self.scopes = [Scope(p) for p in PROVIDERS]
@@ -120,10 +118,6 @@ class Observer:
             self.store.snapshot(s, self.registry.policy_for(s.provider)) for s in self.scopes
         ]
         providers = {name: c.stats() for name, c in self.controls.items()}
-        raw = cast(
-            "list[tuple[str, dict[str, str]]]",
-            self.text.xrevrange(self.settings.key("events"), count=6),
-        )
         return Snapshot(
             phase=phase,
             elapsed_s=elapsed_s,
@@ -131,25 +125,21 @@ class Observer:
             providers=providers,
             jobs=jobs.store.state_sizes(),
             escalations_open=escalations.count(status="open"),
-            events=[e for _id, e in raw],
+            events=list(reversed(self.events.recent(6))),  # newest first
             submitted_pipelines=pipelines,
         )
 
     def transitions(self) -> Counter[tuple[str, str, str]]:
         """(scope, from, to) -> count, over the whole event stream."""
         counter: Counter[tuple[str, str, str]] = Counter()
-        raw = cast(
-            "list[tuple[str, dict[str, str]]]", self.text.xrange(self.settings.key("events"))
-        )
-        for _id, e in raw:
-            if e.get("kind") == "transition":
-                counter[(e.get("scope", "?"), e.get("from", "?"), e.get("to", "?"))] += 1
+        for e in self.events.read_after("0-0", count=self.settings.events_maxlen):
+            if e.kind == "transition":
+                counter[(e.scope, e.from_state, e.to_state)] += 1
         return counter
 
     def close(self) -> None:
         """Release connections."""
         self.redis.close()
-        self.text.close()
 
 
 def _submit_tick(jobs: JobClient, n: int) -> None:
@@ -250,7 +240,7 @@ def _report(
     parked = sum(escalations.count(status=s) for s in ("open", "requeued", "resolved"))
     return DemoReport(
         counts=jobs.store.counts(),
-        by_policy=dict(Counter(r.policy or "none" for r in records if r.policy)),
+        by_policy=dict(Counter(r.policy for r in records if r.policy)),
         degraded=sum(1 for r in records if r.degraded),
         calls=calls,
         transitions=observer.transitions(),

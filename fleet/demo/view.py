@@ -53,12 +53,12 @@ def render_frame(snap: Snapshot) -> RenderableType:
     for col in ("scope", "transition", "trigger", "threshold / value", "worker"):
         events.add_column(col)
     for e in snap.events:
-        if e.get("kind") != "transition":
-            events.add_row("-", e.get("kind", "?"), "-", "-", e.get("worker", "-"))
+        if e.kind != "transition":
+            events.add_row("-", e.kind, "-", "-", e.worker or "-")
             continue
         events.add_row(
-            e.get("scope", "?"), f"{e.get('from')} → {e.get('to')}", e.get("trigger", "?"),
-            f"{e.get('threshold')} / {e.get('value')}", e.get("worker", "?"),
+            e.scope, f"{e.from_state} → {e.to_state}", e.trigger,
+            f"{e.threshold:g} / {e.value:g}", e.worker,
         )  # fmt: skip
     header = f"[bold]phase:[/] {snap.phase}    [dim]t+{snap.elapsed_s:.1f}s[/]"
     return Panel(Group(header, breakers, providers, jobs, events), title="agent-fleet demo")
