@@ -169,18 +169,19 @@ class FleetClient:
         timeout_s: float | None,
         metadata: Mapping[str, Any] | None,
     ) -> CallContext:
-        job = current_job()
-        step = None
-        if job is not None:
-            job_id = job_id or job.job_id
-            session_id = session_id or job.session_id
-            step = job.next_step() if job_id == job.job_id else None
+        # arguments first: a refused call must not take one of the job's step numbers
         if max_tokens is not None and max_tokens < 1:
             raise CallerError(
                 f"max_tokens must be >= 1 (got {max_tokens}); omit it for the default"
             )
         if timeout_s is not None and timeout_s <= 0:
             raise CallerError(f"timeout_s must be > 0 (got {timeout_s})")
+        job = current_job()
+        step = None
+        if job is not None:
+            job_id = job_id or job.job_id
+            session_id = session_id or job.session_id
+            step = job.next_step() if job_id == job.job_id else None
         return CallContext(
             task_type=task_type,
             messages=messages,

@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from breaker_service.scope import Scope
-from fleet.errors import AllRoutesFailed, ContextLengthExceeded, UnknownTaskType
+from fleet.context import JobContext, job_scope
+from fleet.errors import AllRoutesFailed, CallerError, ContextLengthExceeded, UnknownTaskType
 from fleet.llm import FleetClient
 from fleet.middleware import CallContext, LLMMiddleware
 from fleet.registry import RouteSpec
@@ -157,6 +158,16 @@ def test_every_key_missing_is_all_routes_failed_not_the_callers_prompt(
     assert not isinstance(info.value, ContextLengthExceeded)
     assert [a.outcome for a in info.value.attempts] == ["skipped", "skipped"]
     assert all("FLEET_TEST_UNSET_" in a.detail for a in info.value.attempts)
+    assert local_fleet.primary.stats()["total_requests"] == 0
+
+
+def test_a_refused_argument_takes_no_step_number_of_the_job(local_fleet: LocalFleet) -> None:
+    with job_scope(JobContext("e" * 32)) as job:
+        with pytest.raises(CallerError, match="max_tokens must be >= 1"):
+            local_fleet.client.llm_call("data_collection", MESSAGES, max_tokens=0)
+        with pytest.raises(CallerError, match="timeout_s must be > 0"):
+            local_fleet.client.llm_call("data_collection", MESSAGES, timeout_s=0)
+        assert job.next_step() == 0  # steps stay aligned with a redelivery that passes
     assert local_fleet.primary.stats()["total_requests"] == 0
 
 
