@@ -124,12 +124,14 @@ class JobHandle:
         deadline = time.monotonic() + timeout_s
         delay = poll_s
         while True:
-            record = self.store.get(self.job_id)
-            if record.terminal:
-                return record
+            state = self.store.state(self.job_id)  # one HGET per poll; the record once settled
+            if state is None:
+                raise JobNotFound(f"no job with id {self.job_id!r}")
+            if state in TERMINAL_STATES:
+                return self.store.get(self.job_id)
             if time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"job {self.job_id} still {record.state} after {timeout_s}s; "
+                    f"job {self.job_id} still {state} after {timeout_s}s; "
                     "are workers consuming its queue?"
                 )
             time.sleep(delay)
@@ -162,8 +164,7 @@ class PipelineHandle:
         deadline = time.monotonic() + timeout_s
         record: JobRecord | None = None
         for handle in self.jobs:
-            remaining = max(deadline - time.monotonic(), 0.0)
-            record = handle.wait(remaining) if _exists(handle) else _await(handle, deadline)
+            record = _await(handle, deadline)
             if record.state != "succeeded":
                 return record
         assert record is not None
@@ -175,10 +176,6 @@ class PipelineHandle:
         for handle in self.jobs[:-1]:
             handle.result()
         return self.jobs[-1].result()
-
-
-def _exists(handle: JobHandle) -> bool:
-    return handle.store.state(handle.job_id) is not None
 
 
 def _await(handle: JobHandle, deadline: float) -> JobRecord:
